@@ -1,0 +1,30 @@
+"""megajepa: single-pass LLM-JEPA pretraining on packed sequences with DeepSpeed."""
+from setuptools import find_packages, setup
+
+setup(
+    name="megajepa",
+    version="0.1.0",
+    description="LLM-JEPA pretraining: one forward pass over packed sequences, DeepSpeed ZeRO-3",
+    packages=find_packages(include=["megajepa", "megajepa.*", "data_tools", "data_tools.*"]),
+    py_modules=["pretrain"],
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.5",
+        "transformers>=4.50",
+        "deepspeed>=0.16",
+        "numpy>=1.26",
+        "pyyaml>=6",
+        "sentencepiece>=0.2",
+        "datasets>=2.19",
+        "tensorboard>=2.15",
+        "tqdm>=4.66",
+        "scipy>=1.11",
+        "matplotlib>=3.8",
+        "scikit-learn>=1.4",
+    ],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "cuda": ["triton>=3.0", "liger-kernel>=0.5"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "triton>=3.0"],
+    },
+)
