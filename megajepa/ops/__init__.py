@@ -1,0 +1,31 @@
+"""Fused loss-head kernels (DESIGN.md section 5).
+
+* :func:`cosine_loss` — JEPA ``mean(1 - cos)`` over gathered row pairs; Triton kernel
+  (:func:`fused_cosine_loss`) with a pure PyTorch reference (:func:`cosine_loss_reference`).
+* :func:`linear_cross_entropy` — LM-head projection + summed cross-entropy without
+  ``[tokens, vocab]`` logits: liger-kernel on CUDA, chunked PyTorch elsewhere.
+
+Importing this package never imports triton or liger; they load when their path runs.
+"""
+from megajepa.ops.cosine import EPS as COSINE_EPS
+from megajepa.ops.cosine import cosine_loss, cosine_loss_reference, fused_cosine_loss, triton_available
+from megajepa.ops.linear_ce import (
+    DEFAULT_CHUNK_SIZE,
+    chunked_linear_cross_entropy,
+    linear_cross_entropy,
+    linear_cross_entropy_reference,
+    liger_available,
+)
+
+__all__ = [
+    "COSINE_EPS",
+    "DEFAULT_CHUNK_SIZE",
+    "chunked_linear_cross_entropy",
+    "cosine_loss",
+    "cosine_loss_reference",
+    "fused_cosine_loss",
+    "linear_cross_entropy",
+    "linear_cross_entropy_reference",
+    "liger_available",
+    "triton_available",
+]
