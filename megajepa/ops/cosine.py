@@ -68,8 +68,11 @@ def cosine_loss_reference(hidden, pred_index, target_index, *, stopgrad_target=F
 
 
 def triton_available() -> bool:
-    """True when triton can be imported (without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """True when triton can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _use_triton(hidden: torch.Tensor) -> bool:

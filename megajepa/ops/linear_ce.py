@@ -99,11 +99,17 @@ def chunked_linear_cross_entropy(hidden, weight, targets, *, chunk_size=DEFAULT_
 
 
 def liger_available() -> bool:
-    return importlib.util.find_spec("liger_kernel") is not None
+    """True when liger-kernel can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("liger_kernel") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def liger_linear_cross_entropy(hidden, weight, targets):
     """liger-kernel's fused linear cross-entropy (CUDA only), reduction "sum", fp32 grad accumulation."""
+    if not hidden.is_cuda:
+        raise ValueError("impl='liger' needs CUDA tensors; use impl='chunked' on CPU")
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     loss = liger_fused_linear_cross_entropy(
