@@ -1,0 +1,236 @@
+"""The LLM-JEPA objective on a packed batch:
+
+    loss = gamma * CE(next tokens) + lambda * d(Pred(Enc(Text)), Enc(Code))
+
+``mode="single_pass"`` runs the model once over the packed rows with the mask of
+``masking.py``; every JEPA read-out is a row of that one hidden-state tensor.
+``mode="three_pass"`` is the paper's original formulation, kept as the oracle and for
+ablation: it rebuilds from the same batch (1) the LM sequences without predictor tokens,
+(2) the sequence each predictor read-out sees and (3) the sequence each target read-out sees,
+and runs three separate packed forwards with plain per-document causal masks. The tests check
+that both modes give the same losses and that both equal unpacked forwards.
+
+Normalization: ``lm_loss = sum(CE) / lm_denominator`` and
+``jepa_loss = sum(d) / jepa_denominator``. Left ``None`` they are this batch's own counts; a
+training loop passes the *global* counts (over micro-batches, accumulation steps and ranks)
+so the gradient does not depend on how a global batch is split.
+
+Distances ``d``: ``cosine`` (1 - cos, default; fused Triton kernel when available), ``l2``
+(Euclidean distance), ``mse`` (mean squared error over the hidden dimension) and ``infonce``
+(cross-entropy of each prediction against all targets of the batch, temperature ``tau``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from megajepa import ops
+from megajepa.layout import IGNORE_INDEX, PAD_DOC, PRED, TEXT, PackedBatch, plan_rows
+from megajepa.masking import allowed, attention_mask_for
+
+DISTANCES = ("cosine", "l2", "mse", "infonce")
+MODES = ("single_pass", "three_pass")
+
+
+@dataclass
+class ForwardOutput:
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    jepa_loss: torch.Tensor
+    cosine: torch.Tensor            # mean cosine of the JEPA pairs (a detached metric)
+    num_label_tokens: int
+    num_pairs: int
+    hidden: torch.Tensor | None = None   # [rows, seq_len, dim], last layer after final norm
+
+
+def hidden_states(model, input_ids, position_ids, doc_ids, roles) -> torch.Tensor:
+    """Last-layer hidden states (after the final norm) of a packed batch."""
+    mask = attention_mask_for(model, doc_ids, roles)
+    base = model.base_model
+    out = base(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+               use_cache=False)
+    return out.last_hidden_state
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("LM heads with a bias are not supported by the fused LM loss")
+    return head.weight
+
+
+def lm_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, *,
+                chunk_size: int = 4096, impl: str = "auto") -> torch.Tensor:
+    """Summed next-token CE at labelled positions, without building [tokens, vocab] logits."""
+    flat_labels = labels.reshape(-1)
+    sel = (flat_labels != IGNORE_INDEX).nonzero().squeeze(-1)
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, sel)
+    return ops.linear_cross_entropy(h, weight, flat_labels.index_select(0, sel),
+                                    chunk_size=chunk_size, impl=impl)
+
+
+def jepa_loss_sum(hidden_flat: torch.Tensor, pred_index: torch.Tensor,
+                  target_index: torch.Tensor, *, distance: str = "cosine",
+                  stopgrad_target: bool = False, temperature: float = 0.07,
+                  impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of d over pairs, mean cosine) for read-outs given as flat row indices."""
+    p = pred_index.numel()
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    if p == 0:
+        zero = hidden_flat.sum() * 0.0
+        return zero.float(), torch.zeros((), device=hidden_flat.device)
+    if distance == "cosine":
+        mean, cos = ops.cosine_loss(hidden_flat, pred_index, target_index,
+                                    stopgrad_target=stopgrad_target, impl=impl)
+        return mean * p, cos
+    pred = hidden_flat.index_select(0, pred_index).float()
+    target = hidden_flat.index_select(0, target_index).float()
+    if stopgrad_target:
+        target = target.detach()
+    cos = F.cosine_similarity(pred.detach(), target.detach(), dim=-1, eps=1e-8).mean()
+    if distance == "l2":
+        d = (pred - target).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+    elif distance == "mse":
+        d = (pred - target).pow(2).mean(-1)
+    else:  # infonce: each prediction must pick its own target among the batch's targets
+        logits = F.normalize(pred, dim=-1) @ F.normalize(target, dim=-1).T / temperature
+        d = F.cross_entropy(logits, torch.arange(p, device=logits.device), reduction="none")
+    return d.sum(), cos
+
+
+def forward(model, batch: PackedBatch, *, lbd: float = 1.0, gamma: float = 1.0,
+            distance: str = "cosine", mode: str = "single_pass", return_hidden: bool = False,
+            stopgrad_target: bool = False, temperature: float = 0.07,
+            lm_denominator: float | None = None, jepa_denominator: float | None = None,
+            ce_chunk_size: int = 4096, kernels: str = "auto") -> ForwardOutput:
+    """LLM-JEPA loss of a packed batch for a Hugging Face causal LM (Llama family).
+
+    ``lbd``/``gamma`` weight the JEPA and next-token terms; ``kernels="reference"`` forces
+    the pure PyTorch loss paths (``"auto"`` uses the fused kernels where they run).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    n_lab, n_pairs = batch.num_label_tokens, batch.num_pairs
+    lm_den = float(lm_denominator if lm_denominator is not None else max(n_lab, 1))
+    jepa_den = float(jepa_denominator if jepa_denominator is not None else max(n_pairs, 1))
+    ce_impl = {"auto": "auto", "reference": "chunked"}[kernels]
+    cos_impl = {"auto": "auto", "reference": "torch"}[kernels]
+    weight = lm_head_weight(model)
+
+    if mode == "single_pass":
+        hidden = hidden_states(model, batch.input_ids, batch.position_ids, batch.doc_ids,
+                               batch.roles)
+        lm_sum = lm_loss_sum(hidden, batch.labels, weight, chunk_size=ce_chunk_size,
+                             impl=ce_impl)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        pred_index, target_index = batch.pred_index, batch.target_index
+    else:
+        hidden = None
+        lm_sum, flat, pred_index, target_index = _three_pass(model, batch, weight,
+                                                             ce_chunk_size, ce_impl)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and lbd != 0):
+        jepa_sum, cos = jepa_loss_sum(flat, pred_index, target_index, distance=distance,
+                                      stopgrad_target=stopgrad_target,
+                                      temperature=temperature, impl=cos_impl)
+    lm_loss = lm_sum / lm_den
+    jepa_loss = jepa_sum / jepa_den
+    loss = gamma * lm_loss + (lbd * jepa_loss if lbd != 0 else 0.0 * lm_loss)
+    return ForwardOutput(loss=loss, lm_loss=lm_loss, jepa_loss=jepa_loss,
+                         cosine=cos.detach(), num_label_tokens=n_lab, num_pairs=n_pairs,
+                         hidden=hidden if return_hidden else None)
+
+
+# --- the three-pass oracle -------------------------------------------------------------
+
+def _visible(batch: PackedBatch, flat_index: int) -> list[int]:
+    """Positions (in its row) that the token at ``flat_index`` may attend to, in order."""
+    s = batch.input_ids.shape[1]
+    r, q = divmod(flat_index, s)
+    kv = torch.arange(q + 1, device=batch.doc_ids.device)
+    ok = allowed(torch.tensor(q, device=kv.device), kv, batch.doc_ids[r, q], batch.doc_ids[r, kv],
+                 batch.roles[r, q], batch.roles[r, kv])
+    return [r * s + int(i) for i in kv[ok]]
+
+
+def _lm_sequences(batch: PackedBatch) -> list[list[int]]:
+    """Flat positions of each labelled document with its predictor tokens removed."""
+    seqs = []
+    s = batch.input_ids.shape[1]
+    for r in range(batch.input_ids.shape[0]):
+        docs = batch.doc_ids[r]
+        for d in torch.unique(docs).tolist():
+            if d == PAD_DOC:
+                continue
+            pos = ((docs == d) & (batch.roles[r] != PRED)).nonzero().squeeze(-1)
+            if (batch.labels[r, pos] != IGNORE_INDEX).any():
+                seqs.append([r * s + int(i) for i in pos])
+    return seqs
+
+
+def _packed_pass(model, batch: PackedBatch, seqs: list[list[int]], seq_len: int):
+    """Run ``seqs`` (lists of flat positions of ``batch``) as plain causal documents packed
+    into rows; return the hidden states [rows*seq_len, D], the flat labels and, per
+    sequence, the flat index of its last token in this pass."""
+    device = batch.input_ids.device
+    flat_ids = batch.input_ids.reshape(-1)
+    flat_labels = batch.labels.reshape(-1)
+    rows = plan_rows([len(q) for q in seqs], seq_len)
+    n = max(len(rows), 1)
+    ids = torch.zeros(n, seq_len, dtype=torch.long, device=device)
+    pos = torch.zeros_like(ids)
+    docs = torch.full_like(ids, PAD_DOC)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    last = [0] * len(seqs)
+    for r, members in enumerate(rows):
+        c = 0
+        for j, i in enumerate(members):
+            src = torch.tensor(seqs[i], device=device)
+            m = len(seqs[i])
+            ids[r, c:c + m] = flat_ids[src]
+            labels[r, c:c + m] = flat_labels[src]
+            pos[r, c:c + m] = torch.arange(m, device=device)
+            docs[r, c:c + m] = j
+            last[i] = r * seq_len + c + m - 1
+            c += m
+    roles = torch.full_like(ids, TEXT)
+    h = hidden_states(model, ids, pos, docs, roles)
+    return h.reshape(-1, h.shape[-1]), labels, last
+
+
+def _three_pass(model, batch: PackedBatch, weight, chunk_size, impl):
+    s = batch.input_ids.shape[1]
+    for seq in _lm_sequences(batch):
+        _check_contiguous(batch, seq)
+    h_lm, lm_labels, _ = _packed_pass(model, batch, _lm_sequences(batch), s)
+    lm_sum = lm_loss_sum(h_lm, lm_labels, weight, chunk_size=chunk_size, impl=impl)
+    reads = []
+    for index in (batch.pred_index, batch.target_index):
+        uniq = sorted(set(index.tolist()))
+        seqs = [_visible(batch, q) for q in uniq]
+        for seq in seqs:
+            _check_contiguous(batch, seq)
+        h, _, last = _packed_pass(model, batch, seqs, s) if seqs else (None, None, [])
+        reads.append((h, {q: last[i] for i, q in enumerate(uniq)}))
+    (h_pred, at_pred), (h_tgt, at_tgt) = reads
+    if h_pred is None:
+        dev = batch.input_ids.device
+        return lm_sum, h_lm, torch.zeros(0, dtype=torch.long, device=dev), \
+            torch.zeros(0, dtype=torch.long, device=dev)
+    flat = torch.cat([h_pred, h_tgt])
+    off = h_pred.shape[0]
+    dev = flat.device
+    pred_index = torch.tensor([at_pred[q] for q in batch.pred_index.tolist()], device=dev)
+    target_index = torch.tensor([off + at_tgt[q] for q in batch.target_index.tolist()], device=dev)
+    return lm_sum, flat, pred_index, target_index
+
+
+def _check_contiguous(batch: PackedBatch, seq: list[int]) -> None:
+    # Each logical sequence must carry positions 0..n-1 so running it alone is equivalent.
+    pos = batch.position_ids.reshape(-1)[torch.tensor(seq, device=batch.position_ids.device)]
+    if not torch.equal(pos, torch.arange(len(seq), device=pos.device)):
+        raise ValueError("a logical sequence of the packed batch has non-contiguous positions")

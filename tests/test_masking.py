@@ -1,0 +1,79 @@
+"""The attention rule and its two backends (dense SDPA mask, FlexAttention BlockMask)."""
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
+
+from megajepa.layout import ANSWER, PAD_DOC, PRED, TEXT, pack
+from megajepa.masking import ALLOW, additive_mask, allowed, block_mask, dense_mask
+
+from conftest import PRED_IDS, random_examples
+
+
+def test_formula_matches_the_table():
+    for rq, rk in itertools.product((TEXT, ANSWER, PRED), repeat=2):
+        got = allowed(torch.tensor(5), torch.tensor(3), torch.tensor(0), torch.tensor(0),
+                      torch.tensor(rq), torch.tensor(rk))
+        assert bool(got) == (rk in ALLOW[rq])
+
+
+def test_rule_basics():
+    t = torch.tensor
+    # Other document, future token, padding: never; the diagonal: always.
+    assert not allowed(t(5), t(3), t(0), t(1), t(TEXT), t(TEXT))
+    assert not allowed(t(3), t(5), t(0), t(0), t(TEXT), t(TEXT))
+    assert not allowed(t(5), t(3), t(PAD_DOC), t(PAD_DOC), t(TEXT), t(TEXT))
+    assert allowed(t(5), t(5), t(PAD_DOC), t(PAD_DOC), t(TEXT), t(TEXT))
+
+
+def test_pair_mask_is_the_drawn_matrix():
+    b = pack([__import__("megajepa").Example("pair", [[1, 2, 3], [4, 5, 6]])], 13, k=2,
+             pred_ids=[7, 8], pad_id=0)
+    m = dense_mask(b.doc_ids, b.roles)[0, 0].int()
+    drawn = """
+    1............
+    11...........
+    111..........
+    1111.........
+    11111........
+    111111.......
+    111...1......
+    111...11.....
+    ........1....
+    ........11...
+    ........111..
+    ...........1.
+    ............1"""
+    want = torch.tensor([[c == "1" for c in line.strip()] for line in drawn.strip().splitlines()])
+    assert torch.equal(m.bool(), want)
+
+
+def test_no_row_is_empty_and_padding_sees_only_itself():
+    b = pack(random_examples(10), 48, k=2, pred_ids=PRED_IDS, pad_id=0, min_rows=5)
+    m = dense_mask(b.doc_ids, b.roles)[:, 0]
+    assert m.any(-1).all()
+    pad = b.doc_ids == PAD_DOC
+    eye = torch.eye(48, dtype=torch.bool).expand_as(m)
+    assert torch.equal(m[pad], eye[pad])
+    add = additive_mask(b.doc_ids, b.roles, torch.float32)[:, 0]
+    assert torch.equal(add == 0, m)
+
+
+def test_flex_block_mask_agrees_with_dense_sdpa():
+    torch.manual_seed(0)
+    b = pack(random_examples(14, seed=3), 64, k=3, pred_ids=PRED_IDS, pad_id=0, min_rows=3)
+    rows, s = b.doc_ids.shape
+    q, k, v = (torch.randn(rows, 2, s, 16) for _ in range(3))
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(b.doc_ids, b.roles))
+    bm = block_mask(b.doc_ids, b.roles, block_size=16, compile=False)
+    with torch.no_grad():
+        flex = flex_attention(q, k, v, block_mask=bm)
+    assert torch.isfinite(flex).all()
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+    # The block structure must skip blocks that share no document or lie above the diagonal.
+    dense_blocks = bm.to_dense()[:, 0].bool()
+    full = dense_mask(b.doc_ids, b.roles)[:, 0]
+    nb = s // 16
+    need = full.reshape(rows, nb, 16, nb, 16).any(-1).any(2)
+    assert torch.equal(dense_blocks, need)
