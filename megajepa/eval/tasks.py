@@ -1,0 +1,193 @@
+"""Task metrics: pure functions from (prediction, reference) to per-example booleans.
+
+Each ``score_<task>(prediction, reference, ...)`` returns a dict of named booleans; the
+task's metrics are the means of those booleans over a dataset. ``prediction`` is the
+decoded generation with special tokens skipped and surrounding whitespace stripped (as in
+the LLM-JEPA authors' evaluation).
+
+===========  ==========================================================================
+task         per-example booleans
+===========  ==========================================================================
+nlrx         ``exact`` (pred == ref), ``startswith`` (pred.startswith(ref), the paper's
+             pretraining metric), ``semantic`` (regex_equivalent; unparseable or too
+             complex predictions count as wrong)
+gsm8k        ``exact``, ``answer``: the final answers after the last ``####`` are equal as
+             numbers (commas, ``$``, ``%``, a trailing period ignored)
+sql          ``exact``, ``execution``: both queries run on the example's SQLite database
+             (read-only, time-limited) and return the same rows: as multisets, or as
+             lists when the reference has ORDER BY; errors and timeouts count as wrong
+classify     ``label``: the first word of the prediction equals the reference label
+             (case-sensitive, trailing punctuation ignored), e.g. ``Good`` / ``Bad``
+===========  ==========================================================================
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional
+
+from megajepa.eval.regex import RegexError, regex_equivalent
+
+TASKS = ("nlrx", "gsm8k", "sql", "classify")
+METRICS = {"nlrx": ("exact", "startswith", "semantic"), "gsm8k": ("exact", "answer"),
+           "sql": ("exact", "execution"), "classify": ("label",)}
+
+
+# ------------------------------------------------------------------------ nlrx
+def score_nlrx(prediction: str, reference: str) -> dict:
+    """Exact match, starts-with, and DFA semantic equivalence of two NL-RX regexes."""
+    try:
+        semantic = prediction == reference or regex_equivalent(prediction, reference)
+    except RegexError:
+        semantic = False
+    return {"exact": prediction == reference, "startswith": prediction.startswith(reference),
+            "semantic": bool(semantic)}
+
+
+# ----------------------------------------------------------------------- gsm8k
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
+def final_answer(text: str) -> Optional[str]:
+    """The text after the last ``####`` up to the end of that line, stripped (or None)."""
+    if "####" not in text:
+        return None
+    answer = text.rsplit("####", 1)[1].strip().splitlines()
+    return answer[0].strip() if answer else ""
+
+
+def parse_number(answer: Optional[str]) -> Optional[Fraction]:
+    """``'$1,234.50.'`` -> Fraction(2469, 2); None if the answer is not a single number."""
+    if answer is None:
+        return None
+    s = answer.replace(",", "").replace("$", "").replace("%", "").strip().rstrip(".").strip()
+    if not _NUMBER.fullmatch(s):
+        return None
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def score_gsm8k(prediction: str, reference: str) -> dict:
+    """Final-answer match: numerically when both parse as numbers, else as strings."""
+    pa, ra = final_answer(prediction), final_answer(reference)
+    if ra is None:  # a bare reference answer ("42") is its own final answer
+        ra = reference.strip()
+    pn, rn = parse_number(pa), parse_number(ra)
+    if pn is not None and rn is not None:
+        ok = pn == rn  # exact rational comparison: "3.0" == "3", "1,000" == "1000"
+    else:
+        ok = pa is not None and pa == ra
+    return {"exact": prediction == reference, "answer": bool(ok)}
+
+
+# ------------------------------------------------------------------------- sql
+class SQLTimeout(Exception):
+    """A query ran past its time limit."""
+
+
+def run_query(db_path, query: str, timeout_s: float = 5.0, max_rows: int = 1_000_000):
+    """Run ``query`` on the SQLite file ``db_path`` opened read-only; return its rows.
+
+    The time limit is enforced from inside SQLite's VM (a progress handler aborts the
+    statement), so a query that never ends still returns control. Raises ``SQLTimeout``,
+    ``sqlite3.Error`` (syntax errors, writes on a read-only database, several statements)
+    or ``ValueError`` (more than ``max_rows`` rows).
+    """
+    path = Path(db_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no SQLite database at {path}")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                           timeout=timeout_s, check_same_thread=False)
+    deadline = time.monotonic() + timeout_s
+    expired = []
+
+    def check() -> int:
+        if time.monotonic() > deadline:
+            expired.append(True)
+            return 1  # non-zero aborts the running statement
+        return 0
+
+    conn.set_progress_handler(check, 1000)
+    try:
+        cursor = conn.execute(query)
+        rows = []
+        while True:
+            chunk = cursor.fetchmany(10_000)
+            if not chunk:
+                break
+            rows.extend(chunk)
+            if len(rows) > max_rows:
+                raise ValueError(f"query returned more than {max_rows} rows")
+        return rows
+    except sqlite3.OperationalError:
+        if expired:
+            raise SQLTimeout(f"query ran past {timeout_s}s") from None
+        raise
+    finally:
+        conn.close()
+
+
+_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
+
+
+def results_match(pred_rows, ref_rows, ordered: bool) -> bool:
+    """Rows equal as lists (ordered) or as multisets."""
+    if ordered:
+        return list(pred_rows) == list(ref_rows)
+    return Counter(map(tuple, pred_rows)) == Counter(map(tuple, ref_rows))
+
+
+def score_sql(prediction: str, reference: str, db_path, timeout_s: float = 5.0) -> dict:
+    """Execution match on ``db_path``; any error or timeout of either query is wrong."""
+    try:
+        ref_rows = run_query(db_path, reference, timeout_s)
+        pred_rows = run_query(db_path, prediction, timeout_s)
+        ok = results_match(pred_rows, ref_rows, ordered=bool(_ORDER_BY.search(reference)))
+    except (sqlite3.Error, SQLTimeout, ValueError, FileNotFoundError, OverflowError):
+        ok = False
+    return {"exact": prediction == reference, "execution": bool(ok)}
+
+
+_DB_ID = re.compile(r"For db_id:\[(.+?)\]")
+
+
+def find_database(db_dir, record_text: str, db_id: Optional[str] = None) -> Path:
+    """Locate an example's database in ``db_dir``: ``<db_id>/<db_id>.sqlite`` (Spider's
+    layout) or ``<db_id>.sqlite`` / ``.db``. ``db_id`` comes from the record or from a
+    ``For db_id:[name]`` tag in its prompt (the LLM-JEPA Spider format)."""
+    if db_id is None:
+        m = _DB_ID.search(record_text)
+        if not m:
+            raise ValueError("no db_id in the record and no 'For db_id:[...]' in its prompt")
+        db_id = m.group(1)
+    root = Path(db_dir)
+    for candidate in (root / db_id / f"{db_id}.sqlite", root / f"{db_id}.sqlite",
+                      root / f"{db_id}.db"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no database for db_id {db_id!r} under {root}")
+
+
+# -------------------------------------------------------------------- classify
+def first_word(text: str) -> str:
+    words = text.strip().split()
+    return words[0].rstrip(".,;:!?") if words else ""
+
+
+def score_classify(prediction: str, reference: str) -> dict:
+    """First-token label accuracy: first word of the prediction == the label."""
+    return {"label": first_word(prediction) == first_word(reference)}
+
+
+def aggregate(rows: list, task: str) -> dict:
+    """Means of the per-example booleans: {"n": N, "<metric>": fraction, ...}."""
+    out = {"task": task, "n": len(rows)}
+    for name in METRICS[task]:
+        out[name] = sum(bool(r[name]) for r in rows) / len(rows) if rows else float("nan")
+    return out
