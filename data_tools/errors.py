@@ -34,3 +34,10 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def _rebuild(what, file, line):
+    return DataError(what, file=file, line=line)
+
+
+DataError.__reduce__ = lambda self: (_rebuild, (self.what, self.file, self.line))  # survives worker processes
