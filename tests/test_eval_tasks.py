@@ -11,19 +11,21 @@ from megajepa.eval.tasks import (SQLTimeout, aggregate, final_answer, find_datab
 
 def test_nlrx_metrics():
     assert score_nlrx(".*dog.*", ".*dog.*") == {"exact": True, "startswith": True,
-                                                "semantic": True}
+                                                "semantic": True, "regex_error": None}
     # the paper's starts-with: the generation begins with the reference
     assert score_nlrx(".*dog.*xyz", ".*dog.*") == {"exact": False, "startswith": True,
-                                                   "semantic": False}
+                                                   "semantic": False, "regex_error": None}
     assert score_nlrx("(.*dog.*)|(.*dog.*truck.*)", ".*dog.*") == {
-        "exact": False, "startswith": False, "semantic": True}
+        "exact": False, "startswith": False, "semantic": True, "regex_error": None}
     assert score_nlrx("([0-9])&(.)", "[0-9]")["semantic"]
     assert not score_nlrx("~(.*dog.*)", ".*dog.*")["semantic"]
 
 
 @pytest.mark.parametrize("bad", ["((dog", "", "[a-", "~", ".*a" + "." * 14])
 def test_nlrx_unparseable_or_huge_prediction_is_wrong_not_a_crash(bad):
-    assert score_nlrx(bad, ".*dog.*")["semantic"] is False
+    out = score_nlrx(bad, ".*dog.*")
+    assert out["semantic"] is False
+    assert out["regex_error"] == ("too_complex" if bad.startswith(".*a") else "syntax")
 
 
 def test_gsm8k_final_answer():

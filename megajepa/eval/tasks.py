@@ -30,7 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
-from megajepa.eval.regex import RegexError, regex_equivalent
+from megajepa.eval.regex import RegexError, RegexTooComplexError, regex_equivalent
 
 TASKS = ("nlrx", "gsm8k", "sql", "classify")
 METRICS = {"nlrx": ("exact", "startswith", "semantic"), "gsm8k": ("exact", "answer"),
@@ -39,13 +39,20 @@ METRICS = {"nlrx": ("exact", "startswith", "semantic"), "gsm8k": ("exact", "answ
 
 # ------------------------------------------------------------------------ nlrx
 def score_nlrx(prediction: str, reference: str) -> dict:
-    """Exact match, starts-with, and DFA semantic equivalence of two NL-RX regexes."""
+    """Exact match, starts-with, and DFA semantic equivalence of two NL-RX regexes.
+
+    ``regex_error`` (not a metric) names why ``semantic`` is False without a comparison:
+    ``"syntax"`` or ``"too_complex"`` (either regex), else None.
+    """
+    error = None
     try:
         semantic = prediction == reference or regex_equivalent(prediction, reference)
+    except RegexTooComplexError:
+        semantic, error = False, "too_complex"
     except RegexError:
-        semantic = False
+        semantic, error = False, "syntax"
     return {"exact": prediction == reference, "startswith": prediction.startswith(reference),
-            "semantic": bool(semantic)}
+            "semantic": bool(semantic), "regex_error": error}
 
 
 # ----------------------------------------------------------------------- gsm8k

@@ -1,0 +1,150 @@
+"""Evaluate a causal LM on held-out (prompt, reference) pairs: generate, decode, score.
+
+In:  a model and tokenizer (Hugging Face objects, e.g. from an exported folder or the
+     trainer's live model), records in the chat-``messages`` format (system?/user/assistant)
+     or already as ``{"system", "user", "assistant"}`` dicts, and a task name.
+Out: one row per record (prompt, reference, prediction, the task's booleans) and the
+     task's metrics (the means of those booleans), see :mod:`megajepa.eval.tasks`.
+
+The prompt is :func:`data_tools.templates.prompt_ids`, the same text view training saw;
+generation is greedy (:mod:`megajepa.eval.generate`), so results are deterministic.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+from data_tools.errors import DataError
+from megajepa.eval import tasks
+from megajepa.eval.generate import generate_ids
+
+__all__ = ["evaluate", "predict", "read_records", "as_record", "load_model",
+           "NotAModelDirectory"]
+
+
+class NotAModelDirectory(ValueError):
+    """``--model`` is not a folder ``from_pretrained`` can load."""
+
+
+def as_record(obj, *, file: Optional[str] = None, line: Optional[int] = None) -> dict:
+    """``{"system", "user", "assistant", ...extra}`` from a chat-messages record (or such a
+    dict already). Extra top-level fields (e.g. ``db_id``) are kept."""
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=file, line=line)
+    if "messages" not in obj:
+        missing = [k for k in ("user", "assistant") if not isinstance(obj.get(k), str)]
+        if missing:
+            raise DataError(f"record has no 'messages' and no string {missing[0]!r}",
+                            file=file, line=line)
+        return dict(obj)
+    messages = obj["messages"]
+    if not isinstance(messages, list):
+        raise DataError("'messages' must be a list", file=file, line=line)
+    out = {k: v for k, v in obj.items() if k != "messages"}
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise DataError("each message needs a string 'content'", file=file, line=line)
+        role = m.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise DataError(f"unknown message role {role!r}", file=file, line=line)
+        out.setdefault(role, m["content"])  # the first message of each role
+    for role in ("user", "assistant"):
+        if role not in out:
+            raise DataError(f"no {role} message", file=file, line=line)
+    return out
+
+
+def read_records(path, limit: Optional[int] = None) -> list:
+    """Records of a chat-messages JSONL file; bad lines raise ``DataError`` (file:line)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            if limit is not None and len(out) >= limit:
+                break
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON: {e.msg}", file=str(path), line=n) from None
+            out.append(as_record(obj, file=str(path), line=n))
+    if not out:
+        raise DataError("no records", file=str(path))
+    return out
+
+
+def _score(task: str, prediction: str, rec: dict, db_dir, sql_timeout_s: float) -> dict:
+    reference = rec["assistant"]
+    if task == "nlrx":
+        return tasks.score_nlrx(prediction, reference)
+    if task == "gsm8k":
+        return tasks.score_gsm8k(prediction, reference)
+    if task == "classify":
+        return tasks.score_classify(prediction, reference)
+    if task == "sql":
+        if db_dir is None:
+            raise ValueError("task sql needs db_dir (--db-dir)")
+        try:
+            db = tasks.find_database(db_dir, rec.get("user", "") + rec.get("system", ""),
+                                     rec.get("db_id"))
+        except (ValueError, FileNotFoundError) as e:
+            return {"exact": prediction == reference, "execution": False, "error": str(e)}
+        return tasks.score_sql(prediction, reference, db, sql_timeout_s)
+    raise ValueError(f"unknown task {task!r} (one of {', '.join(tasks.TASKS)})")
+
+
+def predict(model, tokenizer, records: Iterable, task: str, *, template: str = "plain",
+            batch_size: int = 16, max_new_tokens: int = 128, db_dir=None,
+            sql_timeout_s: float = 5.0, system_in_plain: bool = False) -> list:
+    """Generate for every record and score it; one row per record, in order."""
+    from data_tools.templates import prompt_ids
+
+    if task not in tasks.TASKS:
+        raise ValueError(f"unknown task {task!r} (one of {', '.join(tasks.TASKS)})")
+    recs = [as_record(r) for r in records]
+    prompts = [prompt_ids(tokenizer, r["user"], system=r.get("system"), template=template,
+                          system_in_plain=system_in_plain) for r in recs]
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; generation could not stop")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    generated = generate_ids(model, prompts, eos_id=eos, pad_id=pad,
+                             max_new_tokens=max_new_tokens, batch_size=batch_size)
+    rows = []
+    for rec, prompt, ids in zip(recs, prompts, generated):
+        prediction = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        row = {"prompt": tokenizer.decode(prompt, skip_special_tokens=False),
+               "reference": rec["assistant"], "prediction": prediction}
+        row.update(_score(task, prediction, rec, db_dir, sql_timeout_s))
+        rows.append(row)
+    return rows
+
+
+def evaluate(model, tokenizer, records: Iterable, task: str, **kwargs) -> dict:
+    """Metrics of ``model`` on ``records``: ``{"task", "n", <metric>: fraction, ...}``.
+
+    For the trainer's end-of-training evaluation; works on the live model object. Takes
+    the keyword arguments of :func:`predict`.
+    """
+    return tasks.aggregate(predict(model, tokenizer, records, task, **kwargs), task)
+
+
+def load_model(path, *, device: Optional[str] = None, dtype: str = "auto"):
+    """``(model, tokenizer)`` from a Hugging Face model folder, in eval mode on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise NotAModelDirectory(
+            f"not a Hugging Face model directory: {folder} (no config.json); "
+            f"export it with python -m megajepa.export")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    model.to(device).eval()
+    return model, tokenizer
