@@ -1,0 +1,237 @@
+"""Representation diagnostics of the LLM-JEPA paper's appendix.
+
+For N (text, code) pairs, each view is run through the model *alone* and read at its last
+token (the view's end token), after the final norm (what the LM head reads)::
+
+    Enc(Text): [N, D]   <s> user <sep>           -> hidden state at <sep>
+    Enc(Code): [N, D]   assistant </s>           -> hidden state at </s>
+
+Diagnostics (float64):
+
+* ``lstsq_residual``: ``min_X ||Enc(Text) X - Enc(Code)||_F``, the Frobenius norm of the
+  least-squares residual (``numpy.linalg.lstsq``). The same ``X`` also minimizes the
+  spectral norm (the residual is orthogonal to the column space of Enc(Text)), reported as
+  ``lstsq_residual_spectral``; ``lstsq_residual_relative`` divides by ``||Enc(Code)||_F``.
+  Only meaningful when N > D (with N <= D an exact map generically exists).
+* ``singular_values``: the top-k singular values of ``Enc(Text) - Enc(Code)``; a JEPA model
+  concentrates them (the paper's Figure 5).
+* ``cosine_mean``: mean cosine between paired embeddings.
+* a t-SNE picture of both clouds (``tsne.png``).
+
+``python -m megajepa.analyze --model <hf_dir> --data <jsonl> --out <dir>`` writes
+``diagnostics.json``, ``singular_values.png`` and ``tsne.png``; ``log_diagnostics`` sends
+the same to TensorBoard from the trainer's periodic hook.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["last_token_states", "encode_pairs", "diagnostics", "tsne_points",
+           "plot_singular_values", "plot_tsne", "log_diagnostics", "analyze", "main"]
+
+
+# ------------------------------------------------------------------ embeddings
+def _base_model(model):
+    """The decoder stack without the LM head (``LlamaForCausalLM.model``)."""
+    base = getattr(model, "model", None)
+    if base is None and hasattr(model, "get_decoder"):
+        base = model.get_decoder()
+    return base if base is not None else model
+
+
+def last_token_states(model, seqs: Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
+    """Final-norm hidden state at the last token of each sequence, run alone: ``[N, D]``.
+
+    Sequences are right-padded into batches; with causal attention the real tokens never
+    see the padding, and each row is read at its own last real position.
+    """
+    import torch
+
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("empty sequence")
+    base = _base_model(model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(seqs), batch_size):
+                chunk = seqs[start:start + batch_size]
+                width = max(len(s) for s in chunk)
+                ids = torch.zeros((len(chunk), width), dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, s in enumerate(chunk):
+                    ids[row, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+                    mask[row, :len(s)] = 1
+                hidden = base(input_ids=ids.to(device),
+                              attention_mask=mask.to(device)).last_hidden_state
+                last = torch.as_tensor([len(s) - 1 for s in chunk], device=device)
+                rows = hidden[torch.arange(len(chunk), device=device), last]
+                out.append(rows.float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out, axis=0)
+
+
+def encode_pairs(model, tokenizer, records, *, template: str = "plain", batch_size: int = 32,
+                 system_in_plain: bool = False):
+    """``(Enc(Text), Enc(Code))`` for chat records, views from ``data_tools.templates``."""
+    from data_tools.templates import pair_views
+    from megajepa.eval.run import as_record
+
+    texts, codes = [], []
+    for r in map(as_record, records):
+        t, c = pair_views(tokenizer, r["user"], r["assistant"], system=r.get("system"),
+                          template=template, system_in_plain=system_in_plain)
+        texts.append(t)
+        codes.append(c)
+    return (last_token_states(model, texts, batch_size),
+            last_token_states(model, codes, batch_size))
+
+
+# ----------------------------------------------------------------- diagnostics
+def diagnostics(text: np.ndarray, code: np.ndarray, top_k: int = 100) -> dict:
+    """The appendix's numbers for paired embeddings ``text``, ``code`` of shape ``[N, D]``."""
+    t = np.asarray(text, dtype=np.float64)
+    c = np.asarray(code, dtype=np.float64)
+    if t.ndim != 2 or t.shape != c.shape:
+        raise ValueError(f"need two [N, D] arrays of one shape, got {t.shape} and {c.shape}")
+    x, *_ = np.linalg.lstsq(t, c, rcond=None)
+    resid = t @ x - c
+    frob = float(np.linalg.norm(resid))
+    sv = np.linalg.svd(t - c, compute_uv=False)
+    norms = np.linalg.norm(t, axis=1) * np.linalg.norm(c, axis=1)
+    cos = np.sum(t * c, axis=1) / np.where(norms > 0, norms, 1.0)
+    code_norm = float(np.linalg.norm(c))
+    return {
+        "n": int(t.shape[0]), "dim": int(t.shape[1]),
+        "lstsq_residual": frob,
+        "lstsq_residual_relative": frob / code_norm if code_norm > 0 else float("nan"),
+        "lstsq_residual_spectral": float(np.linalg.norm(resid, 2)) if resid.size else 0.0,
+        "singular_values": [float(s) for s in sv[:top_k]],
+        "cosine_mean": float(cos.mean()),
+    }
+
+
+def tsne_points(text: np.ndarray, code: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of both clouds together: rows ``[:N]`` are text, ``[N:]`` code."""
+    from sklearn.manifold import TSNE
+
+    both = np.concatenate([text, code]).astype(np.float64)
+    perplexity = float(min(30.0, max(2.0, (len(both) - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                ).fit_transform(both)
+
+
+def _figure():
+    from matplotlib.figure import Figure
+    return Figure(figsize=(5, 4), dpi=100)
+
+
+def plot_tsne(points: np.ndarray, path: Optional[str] = None, title: str = "t-SNE"):
+    fig = _figure()
+    ax = fig.add_subplot()
+    n = len(points) // 2
+    ax.scatter(points[:n, 0], points[:n, 1], s=6, alpha=0.6, label="Enc(Text)")
+    ax.scatter(points[n:, 0], points[n:, 1], s=6, alpha=0.6, label="Enc(Code)")
+    ax.set_title(title)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path)
+    return fig
+
+
+def plot_singular_values(sv: Sequence[float], path: Optional[str] = None):
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.semilogy(np.arange(1, len(sv) + 1), np.maximum(np.asarray(sv), 1e-12), marker=".")
+    ax.set_xlabel("index")
+    ax.set_ylabel("singular value of Enc(Text) - Enc(Code)")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path)
+    return fig
+
+
+def log_diagnostics(writer, step: int, diag: dict, tsne: Optional[np.ndarray] = None,
+                    prefix: str = "diagnostics") -> None:
+    """Write ``diag`` (from :func:`diagnostics`) to a TensorBoard ``SummaryWriter``:
+    scalars, the singular-value curve as a histogram and a figure, and the t-SNE figure."""
+    for key in ("lstsq_residual", "lstsq_residual_relative", "lstsq_residual_spectral",
+                "cosine_mean"):
+        writer.add_scalar(f"{prefix}/{key}", diag[key], step)
+    sv = np.asarray(diag["singular_values"])
+    if sv.size:
+        writer.add_scalar(f"{prefix}/singular_value_top1", float(sv[0]), step)
+        writer.add_scalar(f"{prefix}/singular_value_share_top10",
+                          float(sv[:10].sum() / max(sv.sum(), 1e-30)), step)
+        writer.add_histogram(f"{prefix}/singular_values", sv, step)
+        writer.add_figure(f"{prefix}/singular_values", plot_singular_values(sv), step)
+    if tsne is not None:
+        writer.add_figure(f"{prefix}/tsne", plot_tsne(tsne, title=f"step {step}"), step)
+
+
+# ------------------------------------------------------------------------- CLI
+def analyze(text: np.ndarray, code: np.ndarray, out, *, top_k: int = 100, tsne: bool = True,
+            seed: int = 0) -> dict:
+    """Diagnostics + PNGs + ``diagnostics.json`` in folder ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    diag = diagnostics(text, code, top_k)
+    plot_singular_values(diag["singular_values"], str(out / "singular_values.png"))
+    if tsne:
+        plot_tsne(tsne_points(text, code, seed), str(out / "tsne.png"))
+    (out / "diagnostics.json").write_text(json.dumps(diag, indent=2) + "\n")
+    return diag
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m megajepa.analyze",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="Hugging Face model folder")
+    p.add_argument("--data", required=True, help="chat-messages JSONL of (text, code) pairs")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--template", choices=("plain", "chat"), default="plain")
+    p.add_argument("--system-in-plain", action="store_true")
+    p.add_argument("--limit", type=int, default=1000, help="first N records (t-SNE is O(N^2))")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=int, default=100, help="singular values kept")
+    p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE picture")
+    p.add_argument("--seed", type=int, default=0, help="t-SNE seed")
+    p.add_argument("--device", default=None)
+    return p
+
+
+def main(argv=None) -> dict:
+    from megajepa.eval.run import NotAModelDirectory, load_model, read_records
+
+    args = build_parser().parse_args(argv)
+    records = read_records(args.data, args.limit)
+    start = time.time()
+    try:
+        model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
+    except NotAModelDirectory as e:
+        raise SystemExit(f"error: {e}") from None
+    text, code = encode_pairs(model, tokenizer, records, template=args.template,
+                              batch_size=args.batch_size, system_in_plain=args.system_in_plain)
+    diag = analyze(text, code, args.out, top_k=args.top_k, tsne=not args.no_tsne,
+                   seed=args.seed)
+    print(f"analyze n={diag['n']} dim={diag['dim']} lstsq_residual={diag['lstsq_residual']:.4g} "
+          f"(relative {diag['lstsq_residual_relative']:.4g}) top_sv={diag['singular_values'][0]:.4g} "
+          f"cos={diag['cosine_mean']:.4f} ({time.time() - start:.1f}s) -> {args.out}")
+    return diag
+
+
+if __name__ == "__main__":
+    from data_tools.errors import run_cli
+    sys.exit(run_cli(main))
