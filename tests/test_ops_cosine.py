@@ -184,29 +184,34 @@ def _nvidia_compiler_available():
         return False
 
 
+COMPILE_FOR_HOPPER = """
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from megajepa.ops import COSINE_EPS, cosine_triton as ct
+
+consts = {"EPS": COSINE_EPS, "ACC": tl.float32, "BLOCK_D": 1024}
+acc = {"cos_ptr": "*fp32", "na_ptr": "*fp32", "nb_ptr": "*fp32"}
+tail = {"EPS": "constexpr", "ACC": "constexpr", "BLOCK_D": "constexpr"}
+fwd = {"h_ptr": "*bf16", "pred_ptr": "*i64", "tgt_ptr": "*i64", **acc, "D": "i32", "stride_h": "i32", **tail}
+bwd = {"h_ptr": "*bf16", "dh_ptr": "*bf16", "pred_ptr": "*i64", "tgt_ptr": "*i64", **acc, "grad_ptr": "*fp32",
+       "rows_ptr": "*i64", "entry_ptr": "*i64", "seg_end_ptr": "*i64", "P": "i32", "D": "i32", "stride_h": "i32",
+       "stride_dh": "i32", **tail}
+for kernel, sig in ((ct._cosine_fwd_kernel, fwd), (ct._cosine_bwd_kernel, bwd)):
+    compiled = triton.compile(ASTSource(kernel, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+    assert "cubin" in compiled.asm
+"""
+
+
 @needs_triton
 @pytest.mark.skipif(not _nvidia_compiler_available(), reason="triton without its NVIDIA backend")
-def test_kernels_compile_for_hopper_without_a_gpu(monkeypatch):
-    """The interpreter accepts code the compiler rejects; compile both kernels for sm_90 to cubin."""
-    monkeypatch.delenv("TRITON_INTERPRET")
-    import triton
-    import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """The interpreter accepts code the compiler rejects: compile both kernels to sm_90 cubin.
 
-    from megajepa.ops import cosine_triton as ct
-
-    fwd_fn = getattr(ct._cosine_fwd_kernel, "fn", ct._cosine_fwd_kernel)  # unwrap interpreter
-    bwd_fn = getattr(ct._cosine_bwd_kernel, "fn", ct._cosine_bwd_kernel)
-    jit = lambda f: triton.jit(f) if not isinstance(f, triton.runtime.JITFunction) else f  # noqa: E731
-    consts = {"EPS": COSINE_EPS, "ACC": tl.float32, "BLOCK_D": 1024}
-    acc = {"cos_ptr": "*fp32", "na_ptr": "*fp32", "nb_ptr": "*fp32"}
-    fwd_sig = {"h_ptr": "*bf16", "pred_ptr": "*i64", "tgt_ptr": "*i64", **acc, "D": "i32", "stride_h": "i32",
-               "EPS": "constexpr", "ACC": "constexpr", "BLOCK_D": "constexpr"}
-    bwd_sig = {"h_ptr": "*bf16", "dh_ptr": "*bf16", "pred_ptr": "*i64", "tgt_ptr": "*i64", **acc,
-               "grad_ptr": "*fp32", "rows_ptr": "*i64", "entry_ptr": "*i64", "seg_end_ptr": "*i64", "P": "i32",
-               "D": "i32", "stride_h": "i32", "stride_dh": "i32",
-               "EPS": "constexpr", "ACC": "constexpr", "BLOCK_D": "constexpr"}
-    for fn, sig in ((fwd_fn, fwd_sig), (bwd_fn, bwd_sig)):
-        compiled = triton.compile(ASTSource(jit(fn), sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
-        assert "cubin" in compiled.asm
+    In a fresh process without TRITON_INTERPRET (triton cannot mix both modes in one process).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], check=True, env=env, cwd=root)

@@ -52,7 +52,11 @@ def _check(hidden, pred_index, target_index):
 
 
 def cosine_loss_reference(hidden, pred_index, target_index, *, stopgrad_target=False):
-    """Pure PyTorch oracle and fallback; same signature and result as the Triton path."""
+    """Pure PyTorch oracle and fallback; same signature and result as the Triton path.
+
+    Upcasts all of ``hidden`` to fp32 first (one ``[N, D]`` copy for bf16 inputs) so that
+    gradients of repeated rows accumulate in fp32, as in the kernel.
+    """
     _check(hidden, pred_index, target_index)
     if pred_index.numel() == 0:
         return _empty_result(hidden)

@@ -25,6 +25,9 @@ writes its ``d_hidden`` row once, in ``hidden``'s dtype. With ``s = -grad_loss /
 where the second sum only counts entries with ``n_self >= EPS`` (the derivative of
 ``max(n, EPS)``). Repeated targets and rows that are both pred and target are just longer
 segments. No fp32 ``[N, D]`` buffer, no atomics, deterministic.
+
+Indices are range-checked on CPU only; on CUDA the check would synchronize, and the packed
+layout guarantees it.
 """
 from __future__ import annotations
 
