@@ -129,7 +129,7 @@ def _expr(rng: random.Random, depth: int) -> Node:
     if depth == 0:
         return _atom(rng)
     op = rng.choices(["atom", "follow", "before", "and", "or", "rep", "ctx"],
-                     weights=[2, 3, 4, 3, 4, 3, 2])[0]
+                     weights=[1, 3, 4, 4, 4, 3, 2])[0]
     if op == "atom":
         return _atom(rng)
     if op == "follow":
@@ -143,12 +143,13 @@ def _expr(rng: random.Random, depth: int) -> Node:
         return _rep(rng, _expr(rng, depth - 1) if rng.random() < 0.4 else _atom(rng))
     if op == "ctx":
         return Node(rng.choice(["contains", "starts", "ends"]), (_expr(rng, depth - 1),))
-    return Node("before", (_expr(rng, depth - 1), _expr(rng, depth - 1)))
+    second = _expr(rng, depth - 1) if rng.random() < 0.5 else _atom(rng)
+    return Node("before", (_expr(rng, depth - 1), second))
 
 
 def sample_tree(rng: random.Random) -> Node:
     """A whole-line pattern: an optional context (containing/starting/ending/not/words) over an expression."""
-    top = rng.choices(["with", "contains", "starts", "ends", "not", "words"], weights=[10, 3, 2, 2, 2, 3])[0]
+    top = rng.choices(["with", "contains", "starts", "ends", "not", "words"], weights=[10, 3, 3, 3, 4, 4])[0]
     inner = _expr(rng, 2)
     return inner if top == "with" else Node(top, (inner,))
 

@@ -41,7 +41,7 @@ def encode_records(tok, records, *, template: str = "plain", system_in_plain: bo
             if isinstance(v, str):
                 strings.append(v)
                 where.append((r_i, key))
-    ids = tok(strings, add_special_tokens=False)["input_ids"] if strings else []
+    ids = _encode_batch(tok, strings) if strings else []
     pre = {w: i for w, i in zip(where, ids)}
     vocab = len(tok)
     out = []
@@ -60,11 +60,19 @@ def encode_records(tok, records, *, template: str = "plain", system_in_plain: bo
     return out
 
 
+def _encode_batch(tok, strings):
+    """Batched ids without special tokens (the Rust backend directly when there is one)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(strings, add_special_tokens=False)]
+    return tok(strings, add_special_tokens=False)["input_ids"]
+
+
 def _check_ids(views, vocab, r):
     for j, v in enumerate(views):
-        bad = [t for t in v if not 0 <= t < vocab]
-        if bad:
-            return DataError(f"token id {bad[0]} outside the vocabulary (size {vocab}) in view {j}",
+        if min(v) < 0 or max(v) >= vocab:
+            bad = next(t for t in v if not 0 <= t < vocab)
+            return DataError(f"token id {bad} outside the vocabulary (size {vocab}) in view {j}",
                              file=r.file, line=r.line)
     return views
 
