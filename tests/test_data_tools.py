@@ -231,3 +231,25 @@ def test_skip_bad_counts_why(data, tmp_path):
 def _cli(tool, *args):
     return subprocess.run([sys.executable, "-m", f"data_tools.{tool}", *args], capture_output=True, text=True,
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def test_chat_template_pairs(data, tmp_path):
+    """--template chat: the text view is the tokenizer's chat template with the generation prompt."""
+    tok, _ = load_tokenizer(data["tok"])
+    tok.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+    tok.save_pretrained(str(tmp_path / "chat_tok"))
+    preprocess([data["pairs_path"]], str(tmp_path / "st"), tokenizer=str(tmp_path / "chat_tok"), template="chat",
+               progress=False)
+    st = open_store(str(tmp_path / "st"))
+    system, user, asst = (m["content"] for m in data["pairs"][0]["messages"])
+    text, code = st.views(0)
+    assert text == templates.prompt_ids(tok, user, system=system, template="chat")
+    assert text[0] == text[-1] == tok.bos_token_id and text.count(tok.eos_token_id) == 2  # system, user turns
+    assert code == templates.encode(tok, asst) + [tok.eos_token_id]
+
+
+@pytest.mark.parametrize("tool", ["generate", "train_tokenizer", "preprocess", "compare_nlrx"])
+def test_help(tool):
+    r = _cli(tool, "--help")
+    assert r.returncode == 0 and "usage" in r.stdout
