@@ -236,8 +236,8 @@ def _cli(tool, *args):
 def test_chat_template_pairs(data, tmp_path):
     """--template chat: the text view is the tokenizer's chat template with the generation prompt."""
     tok, _ = load_tokenizer(data["tok"])
-    tok.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
-                         "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+    tok.chat_template = ("{% for m in messages %}<s>{{ m['role'] }} {{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<s>{% endif %}")
     tok.save_pretrained(str(tmp_path / "chat_tok"))
     preprocess([data["pairs_path"]], str(tmp_path / "st"), tokenizer=str(tmp_path / "chat_tok"), template="chat",
                progress=False)
