@@ -1,10 +1,12 @@
 """Shared fixtures: tiny fp32 models and small mixed batches (no downloads, CPU only)."""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # run Triton kernels on CPU in tests
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # run Triton kernels on CPU in tests
 
 import pytest
-import torch
 
 from megajepa.layout import Example
 

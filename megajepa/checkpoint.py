@@ -1,0 +1,163 @@
+"""Crash-safe DeepSpeed checkpoints with client state.
+
+Layout under ``<run_dir>/checkpoints``::
+
+    step_00000100/            DeepSpeed's sharded model/optimizer files (every rank writes its own)
+        client_rank0.pt       step, loader state, RNG states of rank 0 (one file per rank)
+        config.yaml           the resolved run config
+        COMPLETE              written last, by rank 0, after every rank has finished
+    latest                    name of the newest COMPLETE tag, replaced atomically
+
+A save interrupted at any point leaves ``latest`` on the previous complete tag and the
+partial directory without ``COMPLETE``; :func:`find_latest` never returns such a tag, and the
+next successful save removes it. Old complete tags beyond ``keep`` are pruned.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+_TAG = re.compile(r"^step_(\d{8})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def complete_tags(root: str) -> list[str]:
+    if not os.path.isdir(root):
+        return []
+    tags = [t for t in os.listdir(root)
+            if _TAG.match(t) and os.path.exists(os.path.join(root, t, COMPLETE))]
+    return sorted(tags)
+
+
+def find_latest(root: str) -> str | None:
+    """The newest complete tag: ``latest`` if it names a complete one, else a scan."""
+    try:
+        with open(os.path.join(root, LATEST)) as fh:
+            tag = fh.read().strip()
+        if os.path.exists(os.path.join(root, tag, COMPLETE)):
+            return tag
+    except OSError:
+        pass
+    tags = complete_tags(root)
+    return tags[-1] if tags else None
+
+
+def resolve_checkpoint(path: str) -> tuple[str, str]:
+    """``(root, tag)`` from a run dir, a checkpoints dir or a ``step_*`` dir."""
+    path = os.path.abspath(path.rstrip("/"))
+    if _TAG.match(os.path.basename(path)):
+        if not os.path.exists(os.path.join(path, COMPLETE)):
+            raise FileNotFoundError(f"checkpoint {path} is incomplete (no {COMPLETE} marker): "
+                                    "its save was interrupted; use an earlier step")
+        return os.path.dirname(path), os.path.basename(path)
+    for root in (os.path.join(path, "checkpoints"), path):
+        tag = find_latest(root)
+        if tag:
+            return root, tag
+    raise FileNotFoundError(f"no complete checkpoint found under {path}")
+
+
+def save(engine, root: str, step: int, client: dict, config_yaml: str, *, keep: int = 2,
+         rank: int = 0) -> str:
+    """Save a checkpoint of ``engine`` at ``step`` (collective: every rank must call it)."""
+    tag = tag_for(step)
+    path = os.path.join(root, tag)
+    if rank == 0:
+        os.makedirs(root, exist_ok=True)
+        if os.path.exists(path):  # a stale, incomplete save of the same step
+            shutil.rmtree(path)
+    _barrier()
+    engine.save_checkpoint(root, tag=tag, save_latest=False)
+    torch.save({**client, "rng": rng_state()}, os.path.join(path, f"client_rank{rank}.pt"))
+    _fault_point("after_shards", step)
+    _barrier()
+    if rank == 0:
+        _atomic_write(os.path.join(path, "config.yaml"), config_yaml)
+        _atomic_write(os.path.join(path, COMPLETE), json.dumps({"step": step}))
+        _atomic_write(os.path.join(root, LATEST), tag)
+        _prune(root, keep)
+    _barrier()
+    return path
+
+
+def _prune(root: str, keep: int) -> None:
+    tags = complete_tags(root)
+    newest = tags[-1] if tags else None
+    for t in os.listdir(root):
+        full = os.path.join(root, t)
+        if _TAG.match(t) and t != newest and not os.path.exists(os.path.join(full, COMPLETE)):
+            shutil.rmtree(full, ignore_errors=True)  # leftovers of interrupted saves
+    for t in tags[:-keep] if keep > 0 else []:
+        shutil.rmtree(os.path.join(root, t), ignore_errors=True)
+
+
+def load(engine, root: str, tag: str, *, rank: int = 0) -> dict:
+    """Restore engine (weights, optimizer, scheduler) and return this rank's client state."""
+    path = os.path.join(root, tag)
+    if not os.path.exists(os.path.join(path, COMPLETE)):
+        raise FileNotFoundError(f"checkpoint {path} is incomplete (no {COMPLETE} marker)")
+    loaded, _ = engine.load_checkpoint(root, tag=tag, load_optimizer_states=True,
+                                       load_lr_scheduler_states=True)
+    if loaded is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
+    client_path = os.path.join(path, f"client_rank{rank}.pt")
+    if not os.path.exists(client_path):
+        raise FileNotFoundError(f"{client_path} missing: was the checkpoint written with a "
+                                "different number of ranks?")
+    client = torch.load(client_path, weights_only=False)
+    set_rng_state(client.pop("rng"))
+    return client
+
+
+def _fault_point(name: str, step: int) -> None:
+    """Fault injection for the crash-safety tests: ``MEGAJEPA_FAULT=<name>:<step>`` kills the
+    process here, as a power cut would, in the middle of that step's save."""
+    if os.environ.get("MEGAJEPA_FAULT") == f"{name}:{step}":
+        os._exit(137)
