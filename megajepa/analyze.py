@@ -122,13 +122,19 @@ def diagnostics(text: np.ndarray, code: np.ndarray, top_k: int = 100) -> dict:
 
 
 def tsne_points(text: np.ndarray, code: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE of both clouds together: rows ``[:N]`` are text, ``[N:]`` code."""
+    """2-D t-SNE of both clouds together: rows ``[:N]`` are text, ``[N:]`` code.
+
+    Runs single-threaded: on a busy shared CPU, OpenMP threads spinning made it ~30x
+    slower (2,000 points take ~9 s on one core).
+    """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     both = np.concatenate([text, code]).astype(np.float64)
     perplexity = float(min(30.0, max(2.0, (len(both) - 1) / 3)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                ).fit_transform(both)
+    with threadpool_limits(limits=1):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                    ).fit_transform(both)
 
 
 def _figure():

@@ -120,3 +120,22 @@ def test_classify_first_token():
 def test_aggregate():
     rows = [{"label": True}, {"label": False}, {"label": True}, {"label": True}]
     assert aggregate(rows, "classify") == {"task": "classify", "n": 4, "label": 0.75}
+
+
+def test_score_record_dispatch(db, tmp_path):
+    from megajepa.eval.run import as_record, score_record
+
+    rec = as_record({"messages": [
+        {"role": "system", "content": "Write SQL."},
+        {"role": "user", "content": "For db_id:[shop] How many items?"},
+        {"role": "assistant", "content": "SELECT count(*) FROM item"}]})
+    assert score_record("sql", "SELECT count(id) FROM item", rec, tmp_path)["execution"]
+    assert not score_record("sql", "SELECT count(*) FROM item", {**rec, "db_id": "none"},
+                            tmp_path)["execution"]
+    with pytest.raises(ValueError, match="db_dir"):
+        score_record("sql", "SELECT 1", rec)
+    assert score_record("gsm8k", "#### 4", {"assistant": "2+2\n#### 4"})["answer"]
+    assert score_record("classify", "Bad.", {"assistant": "Bad"})["label"]
+    assert score_record("nlrx", "dog|dog", {"assistant": "dog"})["semantic"]
+    with pytest.raises(ValueError, match="unknown task"):
+        score_record("mmlu", "A", {"assistant": "A"})

@@ -19,7 +19,7 @@ from data_tools.errors import DataError
 from megajepa.eval import tasks
 from megajepa.eval.generate import generate_ids
 
-__all__ = ["evaluate", "predict", "read_records", "as_record", "load_model",
+__all__ = ["evaluate", "predict", "score_record", "read_records", "as_record", "load_model",
            "NotAModelDirectory"]
 
 
@@ -74,7 +74,9 @@ def read_records(path, limit: Optional[int] = None) -> list:
     return out
 
 
-def _score(task: str, prediction: str, rec: dict, db_dir, sql_timeout_s: float) -> dict:
+def score_record(task: str, prediction: str, rec: dict, db_dir=None,
+                 sql_timeout_s: float = 5.0) -> dict:
+    """The task's booleans for one prediction against record ``rec`` (see tasks.py)."""
     reference = rec["assistant"]
     if task == "nlrx":
         return tasks.score_nlrx(prediction, reference)
@@ -116,7 +118,7 @@ def predict(model, tokenizer, records: Iterable, task: str, *, template: str = "
         prediction = tokenizer.decode(ids, skip_special_tokens=True).strip()
         row = {"prompt": tokenizer.decode(prompt, skip_special_tokens=False),
                "reference": rec["assistant"], "prediction": prediction}
-        row.update(_score(task, prediction, rec, db_dir, sql_timeout_s))
+        row.update(score_record(task, prediction, rec, db_dir, sql_timeout_s))
         rows.append(row)
     return rows
 
