@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
             flags = [f"--{key}"] + [f"--{a}" for a, tgt in ALIASES.items() if tgt == key]
             group.add_argument(*flags, dest=key, type=_caster(base), default=argparse.SUPPRESS,
                                choices=CHOICES.get(key), metavar=None if key in CHOICES else base.__name__.upper(),
-                               help=f"{f.metadata.get('help', '')} (default: {f.default})")
+                               help=f"{f.metadata.get('help', '')} (default: {f.default})".replace("%", "%%"))
     return p
 
 

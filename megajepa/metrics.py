@@ -122,8 +122,9 @@ class MetricsLogger:
         for k, v in scalars.items():
             if isinstance(v, (int, float)):
                 self.writer.add_scalar(k, v, step)
+        clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in scalars.items()}
         with open(self.path, "a") as fh:
-            fh.write(json.dumps({"step": step, "time": time.time(), **scalars}) + "\n")
+            fh.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
 
     def close(self) -> None:
         if self.writer:

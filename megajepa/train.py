@@ -240,6 +240,8 @@ def train(cfg: config_mod.Config) -> dict:
         for b in batches:
             loss, lm_loss, jepa_loss, cos = engine(b, lm_denominator=max(n_lab, 1) / scale,
                                                    jepa_denominator=max(n_pairs, 1) / scale)
+            if os.environ.get("MEGAJEPA_FAULT") == f"nan_loss:{step + 1}":  # fault injection (tests)
+                loss = loss * float("nan")
             bad = all_reduce([0.0 if torch.isfinite(loss) else 1.0], device, dist.ReduceOp.MAX)[0]
             if bad:
                 msg = f"non-finite loss at step {step + 1} (loss={loss.item()})"
@@ -297,7 +299,8 @@ def train(cfg: config_mod.Config) -> dict:
     if step == start and start > 0 and is_main:
         log.info("checkpoint is already at step %d of %d: nothing to train", start, end)
     logger.close()
-    result = {"step": step, "exit": exit_reason, "run_dir": run_dir, **last}
+    result = {"step": step, "exit": exit_reason, "run_dir": run_dir, "module": engine.module,
+              **last}
     if exit_reason == "done" and step >= cfg.train.steps and not cfg.train.stop_at:
         result.update(_finish(cfg, ckpt_root, data, step, rank, run_dir))
     dist.barrier()

@@ -1,0 +1,228 @@
+"""pretrain.py end to end on CPU: DeepSpeed (gloo), resume, signals, crash-safe saves, export.
+
+Runs are tiny (a 2-layer model, a few steps); each compares against another run, never
+against a hard-coded number.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMON = ["--train.log_every", "1", "--train.export", "false", "--train.final_eval", "false",
+          "--data.seq_len", "128", "--data.micro_batch_rows", "4", "--optim.warmup_steps", "2",
+          "--k", "2", "--lbd", "1.0"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A small NL-RX store + tokenizer made by data_tools (no downloads)."""
+    from data_tools import nlrx
+    from data_tools.preprocess import preprocess
+    from data_tools.tokenizer import train_sentencepiece
+
+    d = tmp_path_factory.mktemp("data")
+    rows = nlrx.generate_pairs(400, seed=1, split="train")
+    with open(d / "train.jsonl", "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
+    texts = [r["description"] for r in rows] + [r["regex"] for r in rows]
+    train_sentencepiece(texts, str(d / "tok"), vocab_size=256, k=4)
+    preprocess([str(d / "train.jsonl")], str(d / "store"), tokenizer=str(d / "tok"),
+               progress=False)
+    return str(d / "store")
+
+
+def run(args, *, env=None, check=True, launcher=None, timeout=600):
+    cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, "pretrain.py")] + args
+    e = dict(os.environ, **(env or {}))
+    p = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def losses(run_dir):
+    return [(m["step"], m["loss"], m["lm_loss"], m["jepa_loss"]) for m in metrics(run_dir)
+            if "loss" in m]
+
+
+def assert_same_curve(a, b, tol=1e-5):
+    assert [s for s, *_ in a] == [s for s, *_ in b]
+    for (s, *x), (_, *y) in zip(a, b):
+        for u, v in zip(x, y):
+            assert abs(u - v) <= tol * max(1.0, abs(u)), (s, x, y)
+
+
+@pytest.fixture(scope="module")
+def reference_run(store, tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("ref") / "run")
+    run(["--data.train", store, "--steps", "8", "--run-dir", d, "--train.save_every", "4"] + COMMON)
+    return d
+
+
+def test_split_run_with_resume_matches_uninterrupted(store, reference_run, tmp_path):
+    d = str(tmp_path / "split")
+    args = ["--data.train", store, "--steps", "8", "--run-dir", d] + COMMON
+    run(args + ["--train.stop_at", "4"])
+    assert len(losses(d)) == 4
+    run(args + ["--resume", "auto"])
+    assert_same_curve(losses(d), losses(reference_run))
+
+
+def test_loss_falls_and_metrics_are_logged(reference_run):
+    m = metrics(reference_run)
+    assert m[-1]["loss"] < m[0]["loss"]
+    for key in ("lm_loss", "jepa_loss", "cosine", "lr", "grad_norm", "tokens_per_s",
+                "samples_per_s", "packing_efficiency", "step_time_s", "peak_memory_gb"):
+        assert key in m[-1]
+    assert 0 < m[-1]["packing_efficiency"] <= 1
+    tb = os.listdir(os.path.join(reference_run, "tb"))
+    assert any(f.startswith("events.out.tfevents") for f in tb)
+    assert os.path.exists(os.path.join(reference_run, "config.yaml"))
+
+
+def test_micro_batch_split_1x4_equals_4x1(store, reference_run, tmp_path):
+    d = str(tmp_path / "gas")
+    args = ["--data.train", store, "--steps", "8", "--run-dir", d] + COMMON
+    args[args.index("--data.micro_batch_rows") + 1] = "1"
+    run(args + ["--optim.grad_accum", "4"])
+    assert_same_curve(losses(d), losses(reference_run), tol=2e-5)
+
+
+def test_sigterm_saves_and_resume_continues_the_curve(store, reference_run, tmp_path):
+    d = str(tmp_path / "sig")
+    args = ["--data.train", store, "--steps", "8", "--run-dir", d] + COMMON
+    cmd = [sys.executable, os.path.join(ROOT, "pretrain.py")] + args + ["--train.save_every", "100"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    path = os.path.join(d, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(path) and len(open(path).readlines()) >= 2):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=300)[0].decode()
+    assert p.returncode == 0, out[-3000:]
+    from megajepa.checkpoint import find_latest
+    tag = find_latest(os.path.join(d, "checkpoints"))
+    stopped = len(losses(d))
+    assert tag == f"step_{stopped:08d}" and 2 <= stopped < 8
+    run(args + ["--resume", "auto"])
+    assert_same_curve(losses(d), losses(reference_run))
+
+
+def test_killed_save_leaves_previous_checkpoint_loadable(store, reference_run, tmp_path):
+    from megajepa.checkpoint import find_latest
+    from megajepa.export import export
+
+    d = str(tmp_path / "crash")
+    args = ["--data.train", store, "--steps", "8", "--run-dir", d, "--train.save_every", "4"] + COMMON
+    p = run(args, env={"MEGAJEPA_FAULT": "after_shards:8"}, check=False)
+    assert p.returncode == 137
+    root = os.path.join(d, "checkpoints")
+    assert os.path.isdir(os.path.join(root, "step_00000008"))  # the partial save is there...
+    assert find_latest(root) == "step_00000004"                  # ...but never chosen
+    export(root, str(tmp_path / "hf"))
+    run(args + ["--resume", "auto"])
+    assert find_latest(root) == "step_00000008"
+    assert_same_curve(losses(d), losses(reference_run))
+
+
+def test_nonfinite_loss_stop_and_skip(store, tmp_path):
+    d = str(tmp_path / "nan")
+    args = ["--data.train", store, "--steps", "4", "--run-dir", d] + COMMON
+    p = run(args, env={"MEGAJEPA_FAULT": "nan_loss:3"}, check=False)
+    assert p.returncode == 3 and "non-finite loss at step 3" in p.stderr
+    d2 = str(tmp_path / "nan_skip")
+    args2 = ["--data.train", store, "--steps", "4", "--run-dir", d2,
+             "--train.on_nonfinite", "skip"] + COMMON
+    p = run(args2, env={"MEGAJEPA_FAULT": "nan_loss:3"})
+    m = metrics(d2)
+    assert [x["skipped_steps"] for x in m] == [0, 0, 1, 1]
+    assert all(torch.isfinite(torch.tensor(x["lm_loss"])) for x in m if x["step"] != 3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--k", "9"], "predictor tokens"),
+    (["--data.seq_len", "10"], "below the shortest example"),
+    (["--preset", "gpt5"], "unknown"),
+    (["--optim.warmup_steps", "99"], "warmup_steps"),
+    (["--train.on_nonfinite", "skip", "--ds-config", "ds_configs/zero0.json"], "stage"),
+])
+def test_impossible_configs_fail_before_work(store, tmp_path, args, message):
+    d = str(tmp_path / "bad")
+    p = run(["--data.train", store, "--steps", "4", "--run-dir", d] + args, check=False)
+    assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
+    assert not os.path.exists(os.path.join(d, "checkpoints"))
+
+
+def test_ds_config_contradiction_is_an_error(tmp_path):
+    from megajepa.config import Config
+    from megajepa.ds_config import resolve
+
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2,
+                               "zero_optimization": {"stage": 1}}))
+    cfg = Config()
+    cfg.train.ds_config = str(bad)
+    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu=2.*data.micro_batch_rows"):
+        resolve(cfg, 1, bf16=False)
+    cfg.data.micro_batch_rows = 2
+    ds = resolve(cfg, 4, bf16=False)
+    assert ds["train_batch_size"] == 2 * 4 and ds["gradient_accumulation_steps"] == 1
+
+
+def test_yaml_then_flags_and_help(tmp_path):
+    from megajepa.config import build_parser, load
+
+    y = tmp_path / "c.yaml"
+    y.write_text("jepa:\n  k: 3\n  lbd: 2.0\noptim:\n  lr: 8.0e-5\n")
+    cfg = load(["--config", str(y), "--lambda", "0.5"])
+    assert (cfg.jepa.k, cfg.jepa.lbd, cfg.optim.lr) == (3, 0.5, 8e-5)
+    with pytest.raises(ValueError, match="unknown setting"):
+        y.write_text("jepa:\n  kk: 3\n")
+        load(["--config", str(y)])
+    text = build_parser().format_help()
+    for word in ("--gamma", "--lambda", "--k", "--jepa.k", "predictor tokens"):
+        assert word in text
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_loss_falls(store, tmp_path):
+    d = str(tmp_path / "z3")
+    run(["--data.train", store, "--steps", "6", "--run-dir", d, "--ds-config",
+         "ds_configs/zero3.json", "--train.export", "true"] + COMMON,
+        launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29731"])
+    m = metrics(d)
+    assert len(m) == 6 and m[-1]["loss"] < m[0]["loss"]
+    assert os.path.exists(os.path.join(d, "export", "config.json"))
+
+
+def test_export_matches_trained_model(store, tmp_path):
+    """In process: train a few steps, export, reload with from_pretrained: same logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megajepa.config import load
+    from megajepa.train import train
+
+    d = str(tmp_path / "exp")
+    cfg = load(["--data.train", store, "--steps", "3", "--run-dir", d] + COMMON)
+    cfg.train.export = True
+    result = train(cfg)
+    hf = AutoModelForCausalLM.from_pretrained(result["export"])
+    tok = AutoTokenizer.from_pretrained(result["export"])
+    ids = torch.tensor([tok.encode("lines with the string dog")])
+    trained = result["module"].lm
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, trained(ids).logits, atol=1e-5, rtol=1e-5)
+        out = hf.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
