@@ -36,7 +36,7 @@ from megajepa import stats  # noqa: E402
 
 DEFAULT_TRAIN = ("{python} pretrain.py --config {config} --jepa.k {k} --jepa.lbd {lbd} "
                  "--seed {seed} --run-dir {run_dir}")
-DEFAULT_EXPORT = "{python} -m megajepa.export --run-dir {run_dir} --out {run_dir}/export"
+DEFAULT_EXPORT = "{python} -m megajepa.export {run_dir} {run_dir}/export --overwrite"
 DEFAULT_EVAL = ("{python} -m megajepa.eval --model {run_dir}/export --data {data} "
                 "--task {task} --out {run_dir}/eval")
 DEFAULT_METRICS = "{run_dir}/eval/metrics.json"
@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="sweep folder")
     p.add_argument("--train-cmd", default=DEFAULT_TRAIN, help="train command template")
     p.add_argument("--export-cmd", default=DEFAULT_EXPORT,
-                   help="export command template ('' to skip: the trainer exports itself); "
-                        "skipped when {run_dir}/export/config.json exists")
+                   help="export command template ('' to skip); skipped when "
+                        "{run_dir}/export/config.json exists (pretrain.py exports by default)")
     p.add_argument("--eval-cmd", default=DEFAULT_EVAL, help="eval command template")
     p.add_argument("--metrics-file", default=DEFAULT_METRICS,
                    help="where the eval step leaves its metrics JSON (template)")

@@ -112,10 +112,15 @@ def test_eval_cli_end_to_end(tmp_path, capsys):
     assert evaluate(model, tok, recs, "nlrx", max_new_tokens=5)["exact"] == metrics["exact"]
 
 
-def test_eval_cli_rejects_non_hf_dir(tmp_path):
+def test_eval_model_dir_resolution(tmp_path):
     pytest.importorskip("data_tools.templates")
     from megajepa.eval.__main__ import main
 
+    from megajepa.eval.run import load_model
+
+    save_tiny(tmp_path / "run" / "export")   # a run dir resolves to its export/ folder
+    model, tok = load_model(tmp_path / "run", device="cpu")
+    assert tok.eos_token == "</s>" and not model.training
     data = tmp_path / "d.jsonl"
     _write(data, [("x", "y")])
     with pytest.raises(SystemExit, match="not a Hugging Face model directory.*megajepa.export"):

@@ -143,5 +143,6 @@ def test_sweep_dry_run_renders_default_commands(tmp_path):
     assert "pretrain.py --config 'my cfg.yaml' --jepa.k 4 --jepa.lbd 2 --seed 3 --run-dir" \
         in res.stdout
     assert "--jepa.k 0 --jepa.lbd 0 --seed 3" in res.stdout    # the baseline
+    assert "-m megajepa.export" in res.stdout
     assert "-m megajepa.eval --model" in res.stdout and "k4_lbd2/seed3/export" in res.stdout
     assert not (tmp_path / "s").exists()

@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "equivalence, GSM8K answer, SQL execution, first-token label).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True,
-                   help="Hugging Face model folder (config.json + weights + tokenizer)")
+                   help="Hugging Face model folder, or a training run / checkpoint directory "
+                        "(its export/ folder, else its latest checkpoint exported on the fly)")
     p.add_argument("--data", required=True, help="chat-messages JSONL (system?/user/assistant)")
     p.add_argument("--task", required=True, choices=tasks.TASKS)
     p.add_argument("--out", required=True, help="output folder")

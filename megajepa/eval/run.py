@@ -133,20 +133,49 @@ def evaluate(model, tokenizer, records: Iterable, task: str, **kwargs) -> dict:
 
 
 def load_model(path, *, device: Optional[str] = None, dtype: str = "auto"):
-    """``(model, tokenizer)`` from a Hugging Face model folder, in eval mode on ``device``."""
+    """``(model, tokenizer)`` in eval mode on ``device``.
+
+    ``path`` is a Hugging Face model folder, or a training run / checkpoint directory: a
+    run's ``export/`` folder is used if present, else the latest complete checkpoint is
+    exported to a temporary folder with :func:`megajepa.export.export` and loaded.
+    """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path)
+    if not (folder / "config.json").is_file() and (folder / "export" / "config.json").is_file():
+        folder = folder / "export"
     if not (folder / "config.json").is_file():
-        raise NotAModelDirectory(
-            f"not a Hugging Face model directory: {folder} (no config.json); "
-            f"export it with python -m megajepa.export")
+        return _load_checkpoint(folder, device=device, dtype=dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
     model.to(device).eval()
     return model, tokenizer
+
+
+def _load_checkpoint(folder: Path, *, device, dtype):
+    """Export a training checkpoint to a temporary HF folder, load it, delete the folder."""
+    import shutil
+    import tempfile
+
+    try:
+        from megajepa.checkpoint import resolve_checkpoint
+        resolve_checkpoint(str(folder))
+    except (ImportError, FileNotFoundError, OSError):
+        raise NotAModelDirectory(
+            f"not a Hugging Face model directory: {folder} (no config.json, no complete "
+            f"checkpoint); export it with python -m megajepa.export") from None
+    from megajepa.export import export
+
+    tmp = tempfile.mkdtemp(prefix="megajepa-eval-")
+    try:
+        print(f"exporting checkpoint {folder} for evaluation", flush=True)
+        hf_dir = export(str(folder), str(Path(tmp) / "hf"), overwrite=True)
+        return load_model(hf_dir, device=device, dtype=dtype)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
