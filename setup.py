@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.5",
-        "transformers>=4.50",
+        "transformers>=5.0",
         "deepspeed>=0.16",
         "numpy>=1.26",
         "pyyaml>=6",

@@ -14,6 +14,7 @@ added so the caller knows to resize embeddings.
 """
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import re
@@ -71,7 +72,12 @@ def _hf_from_spm(proto_bytes: bytes, k: int):
         vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
     else:  # unigram: (piece, score) by id
         vocab = [(p.piece, p.score) for p in proto.pieces]
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=False)
+    build = SpmConverter.build_tokenizer_from_spm_proto
+    # Newer transformers take `legacy` (False: a space prefix only before the first chunk);
+    # older 5.x releases lack it and build the legacy form. tokenizer.json records the
+    # result, so a store and the tokenizer saved with it always agree.
+    extra = {"legacy": False} if "legacy" in inspect.signature(build).parameters else {}
+    backend = build(proto, vocab, **extra)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         unk_token="<unk>", additional_special_tokens=[SEP_TOKEN] + pred_tokens(k))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -146,91 +147,83 @@ def forward(model, batch: PackedBatch, *, lbd: float = 1.0, gamma: float = 1.0,
 
 
 # --- the three-pass oracle -------------------------------------------------------------
+# Bookkeeping runs on CPU copies of the metadata (numpy); each pass moves to the device once.
 
-def _visible(batch: PackedBatch, flat_index: int) -> list[int]:
-    """Positions (in its row) that the token at ``flat_index`` may attend to, in order."""
-    s = batch.input_ids.shape[1]
+def _visible(meta: dict, flat_index: int) -> np.ndarray:
+    """Flat positions that the token at ``flat_index`` may attend to, in order."""
+    s = meta["seq_len"]
     r, q = divmod(flat_index, s)
-    kv = torch.arange(q + 1, device=batch.doc_ids.device)
-    ok = allowed(torch.tensor(q, device=kv.device), kv, batch.doc_ids[r, q], batch.doc_ids[r, kv],
-                 batch.roles[r, q], batch.roles[r, kv])
-    return [r * s + int(i) for i in kv[ok]]
+    kv = np.arange(q + 1)
+    ok = allowed(q, kv, meta["doc_ids"][r, q], meta["doc_ids"][r, :q + 1],
+                 meta["roles"][r, q], meta["roles"][r, :q + 1])
+    return r * s + kv[ok]
 
 
-def _lm_sequences(batch: PackedBatch) -> list[list[int]]:
+def _lm_sequences(meta: dict) -> list[np.ndarray]:
     """Flat positions of each labelled document with its predictor tokens removed."""
     seqs = []
-    s = batch.input_ids.shape[1]
-    for r in range(batch.input_ids.shape[0]):
-        docs = batch.doc_ids[r]
-        for d in torch.unique(docs).tolist():
+    s = meta["seq_len"]
+    for r in range(meta["doc_ids"].shape[0]):
+        docs, roles, labels = meta["doc_ids"][r], meta["roles"][r], meta["labels"][r]
+        for d in np.unique(docs):
             if d == PAD_DOC:
                 continue
-            pos = ((docs == d) & (batch.roles[r] != PRED)).nonzero().squeeze(-1)
-            if (batch.labels[r, pos] != IGNORE_INDEX).any():
-                seqs.append([r * s + int(i) for i in pos])
+            pos = np.flatnonzero((docs == d) & (roles != PRED))
+            if (labels[pos] != IGNORE_INDEX).any():
+                seqs.append(r * s + pos)
     return seqs
 
 
-def _packed_pass(model, batch: PackedBatch, seqs: list[list[int]], seq_len: int):
-    """Run ``seqs`` (lists of flat positions of ``batch``) as plain causal documents packed
-    into rows; return the hidden states [rows*seq_len, D], the flat labels and, per
-    sequence, the flat index of its last token in this pass."""
-    device = batch.input_ids.device
-    flat_ids = batch.input_ids.reshape(-1)
-    flat_labels = batch.labels.reshape(-1)
+def _packed_pass(model, meta: dict, seqs: list[np.ndarray], device):
+    """Run ``seqs`` (arrays of flat positions of the batch) as plain causal documents packed
+    into rows; return the hidden states [rows*seq_len, D], the labels and, per sequence, the
+    flat index of its last token in this pass."""
+    seq_len = meta["seq_len"]
+    flat_ids, flat_labels, flat_pos = (meta[k].reshape(-1) for k in ("input_ids", "labels",
+                                                                      "position_ids"))
     rows = plan_rows([len(q) for q in seqs], seq_len)
     n = max(len(rows), 1)
-    ids = torch.zeros(n, seq_len, dtype=torch.long, device=device)
-    pos = torch.zeros_like(ids)
-    docs = torch.full_like(ids, PAD_DOC)
-    labels = torch.full_like(ids, IGNORE_INDEX)
+    ids = np.zeros((n, seq_len), dtype=np.int64)
+    pos = np.zeros_like(ids)
+    docs = np.full_like(ids, PAD_DOC)
+    labels = np.full_like(ids, IGNORE_INDEX)
     last = [0] * len(seqs)
     for r, members in enumerate(rows):
         c = 0
         for j, i in enumerate(members):
-            src = torch.tensor(seqs[i], device=device)
-            m = len(seqs[i])
+            src, m = seqs[i], len(seqs[i])
+            # Each logical sequence must carry positions 0..m-1 to equal a run on its own.
+            if not np.array_equal(flat_pos[src], np.arange(m)):
+                raise ValueError("a logical sequence of the packed batch has non-contiguous positions")
             ids[r, c:c + m] = flat_ids[src]
             labels[r, c:c + m] = flat_labels[src]
-            pos[r, c:c + m] = torch.arange(m, device=device)
+            pos[r, c:c + m] = np.arange(m)
             docs[r, c:c + m] = j
             last[i] = r * seq_len + c + m - 1
             c += m
-    roles = torch.full_like(ids, TEXT)
-    h = hidden_states(model, ids, pos, docs, roles)
-    return h.reshape(-1, h.shape[-1]), labels, last
+    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    h = hidden_states(model, t(ids), t(pos), t(docs), torch.full_like(t(ids), TEXT))
+    return h.reshape(-1, h.shape[-1]), t(labels), last
 
 
 def _three_pass(model, batch: PackedBatch, weight, chunk_size, impl):
-    s = batch.input_ids.shape[1]
-    for seq in _lm_sequences(batch):
-        _check_contiguous(batch, seq)
-    h_lm, lm_labels, _ = _packed_pass(model, batch, _lm_sequences(batch), s)
+    device = batch.input_ids.device
+    meta = {k: getattr(batch, k).cpu().numpy() for k in ("input_ids", "position_ids", "doc_ids",
+                                                         "roles", "labels")}
+    meta["seq_len"] = batch.input_ids.shape[1]
+    h_lm, lm_labels, _ = _packed_pass(model, meta, _lm_sequences(meta), device)
     lm_sum = lm_loss_sum(h_lm, lm_labels, weight, chunk_size=chunk_size, impl=impl)
+    pred_list, target_list = batch.pred_index.tolist(), batch.target_index.tolist()
+    if not pred_list:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return lm_sum, h_lm, empty, empty
     reads = []
-    for index in (batch.pred_index, batch.target_index):
-        uniq = sorted(set(index.tolist()))
-        seqs = [_visible(batch, q) for q in uniq]
-        for seq in seqs:
-            _check_contiguous(batch, seq)
-        h, _, last = _packed_pass(model, batch, seqs, s) if seqs else (None, None, [])
-        reads.append((h, {q: last[i] for i, q in enumerate(uniq)}))
+    for index in (pred_list, target_list):
+        uniq = sorted(set(index))
+        h, _, last = _packed_pass(model, meta, [_visible(meta, q) for q in uniq], device)
+        reads.append((h, dict(zip(uniq, last))))
     (h_pred, at_pred), (h_tgt, at_tgt) = reads
-    if h_pred is None:
-        dev = batch.input_ids.device
-        return lm_sum, h_lm, torch.zeros(0, dtype=torch.long, device=dev), \
-            torch.zeros(0, dtype=torch.long, device=dev)
-    flat = torch.cat([h_pred, h_tgt])
     off = h_pred.shape[0]
-    dev = flat.device
-    pred_index = torch.tensor([at_pred[q] for q in batch.pred_index.tolist()], device=dev)
-    target_index = torch.tensor([off + at_tgt[q] for q in batch.target_index.tolist()], device=dev)
-    return lm_sum, flat, pred_index, target_index
-
-
-def _check_contiguous(batch: PackedBatch, seq: list[int]) -> None:
-    # Each logical sequence must carry positions 0..n-1 so running it alone is equivalent.
-    pos = batch.position_ids.reshape(-1)[torch.tensor(seq, device=batch.position_ids.device)]
-    if not torch.equal(pos, torch.arange(len(seq), device=pos.device)):
-        raise ValueError("a logical sequence of the packed batch has non-contiguous positions")
+    pred_index = torch.tensor([at_pred[q] for q in pred_list], device=device)
+    target_index = torch.tensor([off + at_tgt[q] for q in target_list], device=device)
+    return lm_sum, torch.cat([h_pred, h_tgt]), pred_index, target_index
