@@ -200,7 +200,7 @@ def test_yaml_then_flags_and_help(tmp_path):
 def test_two_rank_zero3_loss_falls(store, tmp_path):
     d = str(tmp_path / "z3")
     run(["--data.train", store, "--steps", "6", "--run-dir", d, "--ds-config",
-         "ds_configs/zero3.json", "--train.export", "true"] + COMMON,
+         "ds_configs/zero3.json"] + COMMON + ["--train.export", "true"],
         launcher=["deepspeed", "--num_gpus", "2", "--master_port", "29731"])
     m = metrics(d)
     assert len(m) == 6 and m[-1]["loss"] < m[0]["loss"]
