@@ -4,7 +4,8 @@
 (vocabulary from the tokenizer) with a seeded random init; ``build_model(init_from=dir)``
 loads any local Hugging Face causal LM. Predictor tokens ``<pred_1> .. <pred_K>`` live in the
 vocabulary: a megajepa tokenizer has them already; for a foreign tokenizer
-:func:`add_pred_tokens` adds them and :func:`resize_for_tokenizer` grows the embeddings.
+``data_tools.tokenizer.load_tokenizer`` adds them and :func:`resize_for_tokenizer` grows the
+embeddings to match.
 
 Under ZeRO-3 pass ``init_context=deepspeed.zero.Init(...)`` so parameters are partitioned
 as they are created.
@@ -15,8 +16,6 @@ import contextlib
 import os
 
 import torch
-
-PRED_TOKEN = "<pred_{}>"
 
 # Llama shapes. "tiny" is for tests and the CPU default; the others follow the published
 # Llama-3.x shapes (Llama-3.2 ties input and output embeddings, Llama-3.1-8B does not).
@@ -46,36 +45,6 @@ PRESETS: dict[str, dict] = {
                          max_position_embeddings=131072, tie_word_embeddings=False,
                          rms_norm_eps=1e-5, rope_parameters=_LLAMA3_ROPE),
 }
-
-
-def pred_token_strings(k: int) -> list[str]:
-    return [PRED_TOKEN.format(i) for i in range(1, k + 1)]
-
-
-def pred_token_ids(tokenizer, k: int) -> list[int]:
-    """Ids of ``<pred_1> .. <pred_k>``; a clear error if the tokenizer lacks them."""
-    ids = []
-    unk = getattr(tokenizer, "unk_token_id", None)
-    vocab = tokenizer.get_vocab()
-    for s in pred_token_strings(k):
-        if s not in vocab:
-            have = sum(1 for t in vocab if t.startswith("<pred_"))
-            raise ValueError(
-                f"k={k} predictor tokens requested but the tokenizer has only {have} "
-                f"(<pred_1>..<pred_{have}>); retrain it with more, or lower k")
-        ids.append(vocab[s])
-    if unk is not None and unk in ids:
-        raise ValueError("a predictor token maps to the unknown token")
-    return ids
-
-
-def add_pred_tokens(tokenizer, k: int) -> int:
-    """Add missing ``<pred_i>`` special tokens (i <= k); returns how many were added."""
-    missing = [s for s in pred_token_strings(k) if s not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing},
-                                     replace_additional_special_tokens=False)
-    return len(missing)
 
 
 def resize_for_tokenizer(model, tokenizer) -> None:
