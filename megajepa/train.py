@@ -171,6 +171,18 @@ def train(cfg: config_mod.Config) -> dict:
     tok = data.tokenizer
     data_mod.check_compatible(cfg, data)
 
+    loader = PackedLoader(
+        data.train_store, seq_len=cfg.data.seq_len, micro_batch_rows=cfg.data.micro_batch_rows,
+        k=cfg.jepa.k, pred_ids=data.pred_ids, pad_id=data.pad_id, seed=cfg.train.seed,
+        rank=rank, world_size=world, jepa_ratio=cfg.jepa.jepa_ratio if cfg.jepa.lbd else 0.0,
+        jepa_pairs=cfg.jepa.jepa_pairs, reverse=cfg.jepa.reverse, lm_on_all=cfg.data.lm_on_all,
+        overflow=cfg.data.overflow, window=cfg.data.window)
+    if loader.steps_per_epoch < 1:
+        raise ValueError(
+            f"the training data fills {loader.epoch_stats['rows']} rows of {cfg.data.seq_len} tokens: "
+            f"fewer than one step needs ({cfg.data.micro_batch_rows} rows x {world} ranks); "
+            "add data or lower data.micro_batch_rows")
+
     attn = cfg.model.attn if cfg.model.attn != "auto" else (
         "flex_attention" if device.type == "cuda" else "sdpa")
     init_ctx = None
@@ -190,18 +202,6 @@ def train(cfg: config_mod.Config) -> dict:
     import deepspeed
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
-
-    loader = PackedLoader(
-        data.train_store, seq_len=cfg.data.seq_len, micro_batch_rows=cfg.data.micro_batch_rows,
-        k=cfg.jepa.k, pred_ids=data.pred_ids, pad_id=data.pad_id, seed=cfg.train.seed,
-        rank=rank, world_size=world, jepa_ratio=cfg.jepa.jepa_ratio if cfg.jepa.lbd else 0.0,
-        jepa_pairs=cfg.jepa.jepa_pairs, reverse=cfg.jepa.reverse, lm_on_all=cfg.data.lm_on_all,
-        overflow=cfg.data.overflow, window=cfg.data.window)
-    if loader.steps_per_epoch < 1:
-        raise ValueError(
-            f"the training data fills {loader.epoch_stats['rows']} rows of {cfg.data.seq_len} tokens: "
-            f"fewer than one step needs ({cfg.data.micro_batch_rows} rows x {world} ranks); "
-            "add data or lower data.micro_batch_rows")
 
     start = 0
     if resume_tag:

@@ -35,6 +35,9 @@ def store(tmp_path_factory):
     train_sentencepiece(texts, str(d / "tok"), vocab_size=256, k=4)
     preprocess([str(d / "train.jsonl")], str(d / "store"), tokenizer=str(d / "tok"),
                progress=False)
+    with open(d / "test.jsonl", "w") as fh:
+        for r in nlrx.generate_pairs(40, seed=1, split="test"):
+            fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
     return str(d / "store")
 
 
@@ -67,7 +70,9 @@ def assert_same_curve(a, b, tol=1e-5):
 @pytest.fixture(scope="module")
 def reference_run(store, tmp_path_factory):
     d = str(tmp_path_factory.mktemp("ref") / "run")
-    run(["--data.train", store, "--steps", "8", "--run-dir", d, "--train.save_every", "4"] + COMMON)
+    run(["--data.train", store, "--steps", "8", "--run-dir", d, "--train.save_every", "4",
+         "--data.eval", os.path.join(os.path.dirname(store), "test.jsonl"),
+         "--train.eval_every", "4"] + COMMON)
     return d
 
 
@@ -81,14 +86,19 @@ def test_split_run_with_resume_matches_uninterrupted(store, reference_run, tmp_p
 
 
 def test_loss_falls_and_metrics_are_logged(reference_run):
-    m = metrics(reference_run)
+    m = [x for x in metrics(reference_run) if "loss" in x]
     assert m[-1]["loss"] < m[0]["loss"]
     for key in ("lm_loss", "jepa_loss", "cosine", "lr", "grad_norm", "tokens_per_s",
                 "samples_per_s", "packing_efficiency", "step_time_s", "peak_memory_gb"):
         assert key in m[-1]
     assert 0 < m[-1]["packing_efficiency"] <= 1
-    tb = os.listdir(os.path.join(reference_run, "tb"))
-    assert any(f.startswith("events.out.tfevents") for f in tb)
+    held = [x for x in m if "eval/lm_loss" in x]
+    assert [x["step"] for x in held] == [4, 8] and held[1]["eval/lm_loss"] < held[0]["eval/lm_loss"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(os.path.join(reference_run, "tb"))
+    ea.Reload()
+    tags = ea.Tags()["scalars"]
+    assert {"loss", "mfu", "eval/lm_loss", "diagnostics/lstsq_residual"} <= set(tags)
     assert os.path.exists(os.path.join(reference_run, "config.yaml"))
 
 
