@@ -134,6 +134,8 @@ def sweep_table(cells: Mapping[tuple, Seeds], baseline: Optional[Seeds],
             b = cell_summary(baseline, primary)
             text += (f" vs baseline {format_cell(b['mean'], b['std'], b['n'])}, "
                      f"p = {_p(s['p'])} ({s['pairs']} paired seeds)")
+            if s["mean"] < b["mean"]:
+                text += "; every LLM-JEPA cell is below the baseline"
         lines += ["", text + "."]
     return "\n".join(lines) + "\n"
 
