@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Fine-tune a Hugging Face model on NL-RX: LLM-JEPA Table 9 (next-token vs LLM-JEPA fine-tuning).
+#
+# Paper setting: a pretrained checkpoint (e.g. Llama-3.2-1B-Instruct) fine-tuned on NL-RX-SYNTH
+# with its own tokenizer and chat template, lr 2e-5, about 4 epochs, once with next-token
+# loss only (lambda 0) and once with LLM-JEPA (lambda 1, k 1), then greedy generation on the
+# test set (exact match, starts-with, regex equivalence).
+#
+#   scripts/finetune_hf.sh --size tiny                          # makes a tiny random HF Llama first
+#   MODEL_DIR=/models/Llama-3.2-1B-Instruct NGPUS=8 scripts/finetune_hf.sh --size paper
+#   scripts/finetune_hf.sh --size tiny -- --k 2 --lambda 0.5    # extra flags go to pretrain.py
+#
+# Steps: (tiny only) scripts/make_tiny_hf.py -> store with the model's tokenizer and chat
+# template (data_tools.preprocess --tokenizer $MODEL_DIR --template chat; <pred_i> tokens are
+# added there, the trainer resizes the embeddings) -> train both arms (pretrain.py
+# --init-from $MODEL_DIR; `deepspeed --num_gpus $NGPUS` when NGPUS > 0, else plain python) ->
+# export (megajepa.export) -> eval (megajepa.eval --task nlrx --template chat).
+#
+# Environment (all optional except MODEL_DIR at paper scale):
+#   SIZE       tiny | paper (or --size; default tiny)
+#   MODEL_DIR  local Hugging Face model folder (config.json, weights, tokenizer with a chat
+#              template); tiny default: $OUT/tiny_hf, made by scripts/make_tiny_hf.py
+#   NGPUS      GPUs per node (default: all that nvidia-smi lists, 0 without a GPU)
+#   HOSTFILE   multi-node: a DeepSpeed hostfile ("node1 slots=8" per line); NNODES nodes
+#   OUT        output root (default runs/finetune_hf-$SIZE)
+#   DATA_DIR   folder with nlrx_synth_{train,test}.jsonl (chat messages); when absent the
+#              embedded NL-RX-style generator (data_tools.generate) writes a stand-in
+#   ARMS       which runs (default "next_token jepa")
+#   EVAL_LIMIT test records to evaluate (default 200 tiny, all at paper scale)
+# Rerunning continues: data steps are skipped when their output exists, training resumes
+# from the latest checkpoint (--resume auto).
+set -euo pipefail
+
+SIZE=${SIZE:-tiny}
+EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size) SIZE=$2; shift 2 ;;
+    --size=*) SIZE=${1#--size=}; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument $1 (use --size tiny|paper [-- pretrain.py flags])" >&2; exit 2 ;;
+  esac
+done
+case "$SIZE" in tiny|paper) ;; *) echo "SIZE must be tiny or paper, got $SIZE" >&2; exit 2 ;; esac
+
+for v in OUT DATA_DIR MODEL_DIR HOSTFILE RT_TRAIN RT_TEST; do  # user paths: relative to the caller
+  [ -z "${!v:-}" ] || printf -v "$v" '%s' "$(realpath -m "${!v}")"
+done
+cd "$(dirname "$0")/.."
+detect_gpus() {
+  if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+  else echo 0; fi
+}
+NGPUS=${NGPUS:-$(detect_gpus)}
+# CPU runs: one intra-op thread per process. PyTorch's default (a thread per core) spins
+# against other processes on a shared or small CPU: measured 100x slower steps on 2 busy cores.
+[ "$NGPUS" -gt 0 ] || export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=${OUT:-runs/finetune_hf-$SIZE}
+DATA_DIR=${DATA_DIR:-/work/shared/data}
+ARMS=${ARMS:-next_token jepa}
+CONFIG=configs/nlrx_finetune_hf_$SIZE.yaml
+if [ "$SIZE" = tiny ]; then EVAL_LIMIT=${EVAL_LIMIT:-200}; else EVAL_LIMIT=${EVAL_LIMIT:-0}; fi
+if [ "$SIZE" = paper ] && [ -z "${MODEL_DIR:-}" ]; then
+  echo "paper scale needs MODEL_DIR=<local Hugging Face model folder> (e.g. Llama-3.2-1B-Instruct)" >&2
+  exit 2
+fi
+mkdir -p "$OUT"
+
+train() {  # pretrain.py on NGPUS GPUs per node (DeepSpeed launcher) or one plain process
+  if [ -n "${HOSTFILE:-}" ]; then
+    deepspeed --hostfile "$HOSTFILE" --num_nodes "${NNODES:-2}" --num_gpus "$NGPUS" pretrain.py "$@"
+  elif [ "$NGPUS" -gt 0 ]; then
+    deepspeed --num_gpus "$NGPUS" pretrain.py "$@"
+  else
+    python pretrain.py "$@"
+  fi
+}
+SECONDS=0
+
+# 1. data: NL-RX-SYNTH pairs (or the embedded generator's stand-in)
+TRAIN_JSONL=$DATA_DIR/nlrx_synth_train.jsonl
+TEST_JSONL=$DATA_DIR/nlrx_synth_test.jsonl
+if [ ! -f "$TRAIN_JSONL" ] || [ ! -f "$TEST_JSONL" ]; then
+  echo "no NL-RX-SYNTH in $DATA_DIR: generating the embedded NL-RX-style dataset"
+  [ -f "$OUT/data/pairs_train.jsonl" ] ||
+    python -m data_tools.generate --out "$OUT/data" --train 8000 --test 2000 --formats pairs --seed 0
+  TRAIN_JSONL=$OUT/data/pairs_train.jsonl
+  TEST_JSONL=$OUT/data/pairs_test.jsonl
+fi
+
+# 2. the model: a local HF folder; at tiny scale a random tiny Llama with its own tokenizer
+if [ -z "${MODEL_DIR:-}" ]; then
+  MODEL_DIR=$OUT/tiny_hf
+  [ -f "$MODEL_DIR/config.json" ] ||
+    python scripts/make_tiny_hf.py --data "$TRAIN_JSONL" --out "$MODEL_DIR"
+fi
+echo "== finetune_hf: size=$SIZE ngpus=$NGPUS model=$MODEL_DIR config=$CONFIG out=$OUT"
+
+# 3. store: the model's tokenizer (predictor tokens added) and its chat template
+[ -f "$OUT/store/manifest.json" ] ||
+  python -m data_tools.preprocess "$TRAIN_JSONL" --tokenizer "$MODEL_DIR" --template chat \
+    --out "$OUT/store" --overwrite
+
+# 4-6. train, export and evaluate each arm (the trainer's own export/final eval are off)
+LIMIT=(); [ "$EVAL_LIMIT" -gt 0 ] && LIMIT=(--limit "$EVAL_LIMIT")
+for ARM in $ARMS; do
+  case "$ARM" in next_token) ARM_FLAGS=(--lambda 0) ;; jepa) ARM_FLAGS=() ;;
+    *) echo "unknown arm $ARM (next_token|jepa)" >&2; exit 2 ;; esac
+  RUN=$OUT/$ARM
+  echo "== [$ARM] fine-tune $MODEL_DIR -> $RUN"
+  train --config "$CONFIG" --init-from "$MODEL_DIR" --data.train "$OUT/store" \
+    --run-dir "$RUN" --resume auto --train.export false --train.final_eval false \
+    "${ARM_FLAGS[@]}" "${EXTRA[@]}"
+  echo "== [$ARM] export -> $RUN/export"
+  python -m megajepa.export "$RUN" "$RUN/export" --overwrite
+  echo "== [$ARM] eval -> $RUN/eval"
+  python -m megajepa.eval --model "$RUN/export" --data "$TEST_JSONL" --task nlrx --template chat \
+    --out "$RUN/eval" --max-new-tokens 64 "${LIMIT[@]}"
+done
+
+echo "== NL-RX test after fine-tuning $MODEL_DIR (size=$SIZE, ${SECONDS}s)"
+python - "$OUT" $ARMS <<'EOF'
+import json, sys
+for arm in sys.argv[2:]:
+    m = json.load(open(f"{sys.argv[1]}/{arm}/eval/metrics.json"))
+    print(f"{arm:>10}: n={m['n']} exact={m['exact']:.3f} startswith={m['startswith']:.3f} "
+          f"semantic={m['semantic']:.3f}")
+EOF

@@ -1,0 +1,77 @@
+"""Make a tiny local Hugging Face Llama model + tokenizer: a stand-in for a downloaded
+checkpoint, so scripts/finetune_hf.sh runs on a CPU with no network.
+
+    python scripts/make_tiny_hf.py --data /work/shared/data/nlrx_synth_train.jsonl --out /tmp/tiny_hf
+
+The tokenizer is a SentencePiece BPE trained by data_tools on the chat records' text (each
+message as ``role: content``, as the chat template set here renders it); by default it has
+no ``<pred_i>`` tokens, like a real Hugging Face tokenizer, so the fine-tuning path adds them
+(data_tools.preprocess) and resizes the embeddings (the trainer). The model is a randomly
+initialised 2-layer ``LlamaForCausalLM`` (seeded). The folder loads with
+``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Role words, then the message; the generation prompt ends with "assistant:".
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def chat_texts(path: str, limit: int) -> list[str]:
+    texts = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh):
+            if limit and n >= limit:
+                break
+            if line.strip():
+                texts += [f"{m['role']}: {m['content']}" for m in json.loads(line)["messages"]]
+    return texts
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="chat-messages JSONL to train the tokenizer on")
+    p.add_argument("--out", required=True, help="folder to write (model + tokenizer)")
+    p.add_argument("--vocab-size", type=int, default=512, help="tokenizer vocabulary (soft limit)")
+    p.add_argument("--k-pred", type=int, default=0,
+                   help="<pred_i> tokens in the tokenizer (default 0: a foreign tokenizer)")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-records", type=int, default=0, help="0 = all")
+    a = p.parse_args(argv)
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from data_tools.tokenizer import train_sentencepiece
+
+    tok = train_sentencepiece(chat_texts(a.data, a.max_records), a.out, vocab_size=a.vocab_size,
+                              k=a.k_pred)
+    os.remove(os.path.join(a.out, "spm.model"))  # an HF folder: tokenizer.json is the tokenizer
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(a.out)
+
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=a.hidden, intermediate_size=4 * a.hidden,
+        num_hidden_layers=a.layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(a.seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(a.out, safe_serialization=True)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"tiny HF model: {n / 1e6:.2f}M parameters, vocabulary {len(tok)} -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

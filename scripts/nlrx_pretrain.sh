@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# NL-RX pretraining from scratch: LLM-JEPA Table 1 (next-token vs LLM-JEPA).
+#
+# Paper setting: a Llama-3.2-1B-shaped model from random init trained on NL-RX-SYNTH pairs
+# (description -> regex) twice: next-token only (lambda 0) and LLM-JEPA (lr 8e-5, lambda 2,
+# k 3), then greedy generation on the test set (exact match, starts-with, regex equivalence).
+#
+#   scripts/nlrx_pretrain.sh --size tiny                 # 2-layer model, CPU, a few minutes
+#   NGPUS=8 scripts/nlrx_pretrain.sh --size paper        # configs/nlrx_pretrain_paper.yaml
+#   scripts/nlrx_pretrain.sh --size tiny -- --steps 100  # extra flags go to pretrain.py
+#
+# Steps: tokenizer (data_tools.train_tokenizer) -> store (data_tools.preprocess) -> train both
+# arms (pretrain.py; `deepspeed --num_gpus $NGPUS` when NGPUS > 0, else plain python) ->
+# export (megajepa.export) -> eval (megajepa.eval --task nlrx) -> a two-line comparison.
+#
+# Environment (all optional):
+#   SIZE      tiny | paper (or --size; default tiny)
+#   NGPUS     GPUs per node (default: all that nvidia-smi lists, 0 without a GPU)
+#   HOSTFILE  multi-node: a DeepSpeed hostfile ("node1 slots=8" per line); NNODES nodes
+#   OUT       output root (default runs/nlrx_pretrain-$SIZE)
+#   DATA_DIR  folder with nlrx_synth_{train,test}.jsonl (chat messages); when absent the
+#             embedded NL-RX-style generator (data_tools.generate) writes a stand-in
+#   ARMS      which runs (default "next_token jepa")
+#   EVAL_LIMIT  test records to evaluate (default 200 tiny, all at paper scale)
+# Rerunning continues: data steps are skipped when their output exists, training resumes
+# from the latest checkpoint (--resume auto).
+set -euo pipefail
+
+SIZE=${SIZE:-tiny}
+EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size) SIZE=$2; shift 2 ;;
+    --size=*) SIZE=${1#--size=}; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument $1 (use --size tiny|paper [-- pretrain.py flags])" >&2; exit 2 ;;
+  esac
+done
+case "$SIZE" in tiny|paper) ;; *) echo "SIZE must be tiny or paper, got $SIZE" >&2; exit 2 ;; esac
+
+for v in OUT DATA_DIR MODEL_DIR HOSTFILE RT_TRAIN RT_TEST; do  # user paths: relative to the caller
+  [ -z "${!v:-}" ] || printf -v "$v" '%s' "$(realpath -m "${!v}")"
+done
+cd "$(dirname "$0")/.."
+detect_gpus() {
+  if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+  else echo 0; fi
+}
+NGPUS=${NGPUS:-$(detect_gpus)}
+# CPU runs: one intra-op thread per process. PyTorch's default (a thread per core) spins
+# against other processes on a shared or small CPU: measured 100x slower steps on 2 busy cores.
+[ "$NGPUS" -gt 0 ] || export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=${OUT:-runs/nlrx_pretrain-$SIZE}
+DATA_DIR=${DATA_DIR:-/work/shared/data}
+ARMS=${ARMS:-next_token jepa}
+CONFIG=configs/nlrx_pretrain_$SIZE.yaml
+if [ "$SIZE" = tiny ]; then VOCAB=512; EVAL_LIMIT=${EVAL_LIMIT:-200}; else VOCAB=1000; EVAL_LIMIT=${EVAL_LIMIT:-0}; fi
+mkdir -p "$OUT"
+
+train() {  # pretrain.py on NGPUS GPUs per node (DeepSpeed launcher) or one plain process
+  if [ -n "${HOSTFILE:-}" ]; then
+    deepspeed --hostfile "$HOSTFILE" --num_nodes "${NNODES:-2}" --num_gpus "$NGPUS" pretrain.py "$@"
+  elif [ "$NGPUS" -gt 0 ]; then
+    deepspeed --num_gpus "$NGPUS" pretrain.py "$@"
+  else
+    python pretrain.py "$@"
+  fi
+}
+SECONDS=0
+echo "== nlrx_pretrain: size=$SIZE ngpus=$NGPUS config=$CONFIG out=$OUT"
+
+# 1. data: NL-RX-SYNTH pairs (or the embedded generator's stand-in)
+TRAIN_JSONL=$DATA_DIR/nlrx_synth_train.jsonl
+TEST_JSONL=$DATA_DIR/nlrx_synth_test.jsonl
+if [ ! -f "$TRAIN_JSONL" ] || [ ! -f "$TEST_JSONL" ]; then
+  echo "no NL-RX-SYNTH in $DATA_DIR: generating the embedded NL-RX-style dataset"
+  [ -f "$OUT/data/pairs_train.jsonl" ] ||
+    python -m data_tools.generate --out "$OUT/data" --train 8000 --test 2000 --formats pairs --seed 0
+  TRAIN_JSONL=$OUT/data/pairs_train.jsonl
+  TEST_JSONL=$OUT/data/pairs_test.jsonl
+fi
+[ -f "$OUT/tokenizer/tokenizer.json" ] ||
+  python -m data_tools.train_tokenizer "$TRAIN_JSONL" --out "$OUT/tokenizer" --vocab-size "$VOCAB" \
+    --model bpe --k-pred 8 --overwrite
+[ -f "$OUT/store/manifest.json" ] ||
+  python -m data_tools.preprocess "$TRAIN_JSONL" --tokenizer "$OUT/tokenizer" --out "$OUT/store" \
+    --overwrite
+
+# 2-4. train, export and evaluate each arm (the trainer's own export/final eval are off:
+# the explicit steps below are the ones a user reruns on any checkpoint)
+LIMIT=(); [ "$EVAL_LIMIT" -gt 0 ] && LIMIT=(--limit "$EVAL_LIMIT")
+for ARM in $ARMS; do
+  case "$ARM" in next_token) ARM_FLAGS=(--lambda 0) ;; jepa) ARM_FLAGS=() ;;
+    *) echo "unknown arm $ARM (next_token|jepa)" >&2; exit 2 ;; esac
+  RUN=$OUT/$ARM
+  echo "== [$ARM] train -> $RUN"
+  train --config "$CONFIG" --data.train "$OUT/store" --data.eval "$TEST_JSONL" \
+    --run-dir "$RUN" --resume auto --train.export false --train.final_eval false \
+    "${ARM_FLAGS[@]}" "${EXTRA[@]}"
+  echo "== [$ARM] export -> $RUN/export"
+  python -m megajepa.export "$RUN" "$RUN/export" --overwrite
+  echo "== [$ARM] eval -> $RUN/eval"
+  python -m megajepa.eval --model "$RUN/export" --data "$TEST_JSONL" --task nlrx \
+    --out "$RUN/eval" --max-new-tokens 64 "${LIMIT[@]}"
+done
+
+echo "== NL-RX test, next-token vs LLM-JEPA (size=$SIZE, ${SECONDS}s)"
+python - "$OUT" $ARMS <<'EOF'
+import json, sys
+for arm in sys.argv[2:]:
+    m = json.load(open(f"{sys.argv[1]}/{arm}/eval/metrics.json"))
+    print(f"{arm:>10}: n={m['n']} exact={m['exact']:.3f} startswith={m['startswith']:.3f} "
+          f"semantic={m['semantic']:.3f}")
+EOF

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Paraphrase-group pretraining, then rotten_tomatoes fine-tuning: LLM-JEPA Table 4.
+#
+# Paper setting: a Llama-3.2-1B-shaped model pretrained from random init on paraphrase groups
+# (cestwc/paraphrase), once with next-token loss only (lambda 0) and once with LLM-JEPA
+# between paraphrases of one sentence; each is then fine-tuned on rotten_tomatoes
+# (review -> "Good"/"Bad", next-token loss) and scored by first-token classification accuracy.
+#
+#   scripts/paraphrase_then_classify.sh --size tiny    # embedded paraphrase groups, CPU
+#   NGPUS=8 scripts/paraphrase_then_classify.sh --size paper
+#   PARAPHRASE=/data/paraphrase PARAPHRASE_SPLIT=tapaco NGPUS=8 scripts/paraphrase_then_classify.sh --size paper
+#   scripts/paraphrase_then_classify.sh --size tiny -- --k 2   # extra flags: pretraining runs
+#
+# Steps: groups (tiny: data_tools.generate --formats groups; paper: $PARAPHRASE through
+# datasets) -> tokenizer (data_tools.train_tokenizer) -> group store (data_tools.preprocess)
+# -> pretrain both arms (pretrain.py; `deepspeed --num_gpus $NGPUS` when NGPUS > 0, else plain
+# python) -> export -> rotten_tomatoes store tokenized with the *export's* tokenizer
+# (preprocess --tokenizer <export>) -> fine-tune (--init-from <export>) -> export -> eval
+# (megajepa.eval --task classify).
+#
+# Environment (all optional):
+#   SIZE              tiny | paper (or --size; default tiny)
+#   NGPUS             GPUs per node (default: all that nvidia-smi lists, 0 without a GPU)
+#   HOSTFILE          multi-node: a DeepSpeed hostfile ("node1 slots=8" per line); NNODES nodes
+#   OUT               output root (default runs/paraphrase_then_classify-$SIZE)
+#   PARAPHRASE        paper scale: datasets name or local path of cestwc/paraphrase
+#                     (default cestwc/paraphrase); PARAPHRASE_SPLIT (default quora)
+#   RT_TRAIN, RT_TEST rotten_tomatoes as chat-messages JSONL (default
+#                     $DATA_DIR/rotten_tomatoes_{train,test}.jsonl, DATA_DIR=/work/shared/data)
+#   ARMS              which pretraining runs (default "next_token jepa")
+#   EVAL_LIMIT        test reviews to evaluate (default 200 tiny, all at paper scale)
+# Rerunning continues: data steps are skipped when their output exists, training resumes
+# from the latest checkpoint (--resume auto).
+set -euo pipefail
+
+SIZE=${SIZE:-tiny}
+EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size) SIZE=$2; shift 2 ;;
+    --size=*) SIZE=${1#--size=}; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument $1 (use --size tiny|paper [-- pretrain.py flags])" >&2; exit 2 ;;
+  esac
+done
+case "$SIZE" in tiny|paper) ;; *) echo "SIZE must be tiny or paper, got $SIZE" >&2; exit 2 ;; esac
+
+for v in OUT DATA_DIR MODEL_DIR HOSTFILE RT_TRAIN RT_TEST; do  # user paths: relative to the caller
+  [ -z "${!v:-}" ] || printf -v "$v" '%s' "$(realpath -m "${!v}")"
+done
+cd "$(dirname "$0")/.."
+detect_gpus() {
+  if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+  else echo 0; fi
+}
+NGPUS=${NGPUS:-$(detect_gpus)}
+# CPU runs: one intra-op thread per process. PyTorch's default (a thread per core) spins
+# against other processes on a shared or small CPU: measured 100x slower steps on 2 busy cores.
+[ "$NGPUS" -gt 0 ] || export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=${OUT:-runs/paraphrase_then_classify-$SIZE}
+DATA_DIR=${DATA_DIR:-/work/shared/data}
+RT_TRAIN=${RT_TRAIN:-$DATA_DIR/rotten_tomatoes_train.jsonl}
+RT_TEST=${RT_TEST:-$DATA_DIR/rotten_tomatoes_test.jsonl}
+PARAPHRASE=${PARAPHRASE:-cestwc/paraphrase}
+PARAPHRASE_SPLIT=${PARAPHRASE_SPLIT:-quora}
+ARMS=${ARMS:-next_token jepa}
+PRETRAIN_CONFIG=configs/paraphrase_pretrain_$SIZE.yaml
+FINETUNE_CONFIG=configs/classify_finetune_$SIZE.yaml
+if [ "$SIZE" = tiny ]; then EVAL_LIMIT=${EVAL_LIMIT:-200}; else EVAL_LIMIT=${EVAL_LIMIT:-0}; fi
+for f in "$RT_TRAIN" "$RT_TEST"; do
+  [ -f "$f" ] || { echo "no $f: set RT_TRAIN/RT_TEST to rotten_tomatoes chat-messages JSONL" >&2; exit 2; }
+done
+mkdir -p "$OUT"
+
+train() {  # pretrain.py on NGPUS GPUs per node (DeepSpeed launcher) or one plain process
+  if [ -n "${HOSTFILE:-}" ]; then
+    deepspeed --hostfile "$HOSTFILE" --num_nodes "${NNODES:-2}" --num_gpus "$NGPUS" pretrain.py "$@"
+  elif [ "$NGPUS" -gt 0 ]; then
+    deepspeed --num_gpus "$NGPUS" pretrain.py "$@"
+  else
+    python pretrain.py "$@"
+  fi
+}
+SECONDS=0
+echo "== paraphrase_then_classify: size=$SIZE ngpus=$NGPUS out=$OUT"
+
+# 1. paraphrase groups -> tokenizer -> group store
+if [ "$SIZE" = tiny ]; then
+  # the embedded generator: {"texts": [4 paraphrases of one NL-RX description]} per line
+  [ -f "$OUT/data/groups_train.jsonl" ] ||
+    python -m data_tools.generate --out "$OUT/data" --train 4000 --test 200 --formats groups \
+      --views 4 --seed 0
+  # a from-scratch tokenizer must also cover the reviews the model is fine-tuned on
+  [ -f "$OUT/tokenizer/tokenizer.json" ] ||
+    python -m data_tools.train_tokenizer "$OUT/data/groups_train.jsonl" "$RT_TRAIN" \
+      --out "$OUT/tokenizer" --vocab-size 2000 --k-pred 8 --overwrite
+  [ -f "$OUT/groups_store/manifest.json" ] ||
+    python -m data_tools.preprocess "$OUT/data/groups_train.jsonl" --tokenizer "$OUT/tokenizer" \
+      --out "$OUT/groups_store" --overwrite
+else
+  # cestwc/paraphrase rows ({"paraphrase_set_id", "text"}) are grouped by set id
+  [ -f "$OUT/tokenizer/tokenizer.json" ] ||
+    python -m data_tools.train_tokenizer "$PARAPHRASE" --hf --hf-split "$PARAPHRASE_SPLIT" \
+      --out "$OUT/tokenizer" --vocab-size 32000 --k-pred 8 --max-sentences 2000000 --overwrite
+  [ -f "$OUT/groups_store/manifest.json" ] ||
+    python -m data_tools.preprocess "$PARAPHRASE" --hf --hf-split "$PARAPHRASE_SPLIT" \
+      --tokenizer "$OUT/tokenizer" --out "$OUT/groups_store" --workers 8 --overwrite
+fi
+
+LIMIT=(); [ "$EVAL_LIMIT" -gt 0 ] && LIMIT=(--limit "$EVAL_LIMIT")
+for ARM in $ARMS; do
+  case "$ARM" in next_token) ARM_FLAGS=(--lambda 0) ;; jepa) ARM_FLAGS=() ;;
+    *) echo "unknown arm $ARM (next_token|jepa)" >&2; exit 2 ;; esac
+  PRE=$OUT/$ARM/pretrain
+  FT=$OUT/$ARM/finetune
+  # 2. pretrain on the groups, export
+  echo "== [$ARM] pretrain on paraphrase groups -> $PRE"
+  train --config "$PRETRAIN_CONFIG" --data.train "$OUT/groups_store" --run-dir "$PRE" \
+    --resume auto --train.export false --train.final_eval false "${ARM_FLAGS[@]}" "${EXTRA[@]}"
+  python -m megajepa.export "$PRE" "$PRE/export" --overwrite
+  # 3. rotten_tomatoes with the pretrained model's tokenizer (the export carries it)
+  [ -f "$OUT/$ARM/rt_store/manifest.json" ] ||
+    python -m data_tools.preprocess "$RT_TRAIN" --tokenizer "$PRE/export" --out "$OUT/$ARM/rt_store" \
+      --overwrite
+  # 4. fine-tune from the export, export, classify
+  echo "== [$ARM] fine-tune on rotten_tomatoes -> $FT"
+  train --config "$FINETUNE_CONFIG" --init-from "$PRE/export" --data.train "$OUT/$ARM/rt_store" \
+    --run-dir "$FT" --resume auto --train.export false --train.final_eval false
+  python -m megajepa.export "$FT" "$FT/export" --overwrite
+  python -m megajepa.eval --model "$FT/export" --data "$RT_TEST" --task classify --out "$FT/eval" \
+    --max-new-tokens 4 "${LIMIT[@]}"
+done
+
+echo "== rotten_tomatoes test after paraphrase pretraining (size=$SIZE, ${SECONDS}s)"
+python - "$OUT" $ARMS <<'EOF'
+import json, sys
+for arm in sys.argv[2:]:
+    m = json.load(open(f"{sys.argv[1]}/{arm}/finetune/eval/metrics.json"))
+    print(f"{arm:>10} pretraining: n={m['n']} label accuracy={m['label']:.3f}")
+EOF
