@@ -72,6 +72,11 @@ def setup_distributed():
     else:
         device = torch.device("cpu")
         backend = "gloo"
+        if "OMP_NUM_THREADS" not in os.environ:
+            # One process per rank shares the cores; oversubscribed threads spin (measured:
+            # 100x slower steps on a busy 2-core machine with 2 threads per process).
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if "RANK" not in os.environ:  # plain `python pretrain.py`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
