@@ -236,3 +236,24 @@ def test_export_matches_trained_model(store, tmp_path):
         torch.testing.assert_close(hf(ids).logits, trained(ids).logits, atol=1e-5, rtol=1e-5)
         out = hf.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > ids.shape[1]
+
+
+def test_finetune_from_hf_checkpoint_with_chat_template(store, tmp_path):
+    """--init-from a local HF model whose tokenizer lacks <pred_i>: preprocess adds them, the
+    trainer resizes the embeddings, trains with the chat template and exports."""
+    data = os.path.join(os.path.dirname(store), "train.jsonl")
+    hf, st, d = str(tmp_path / "hf"), str(tmp_path / "store"), str(tmp_path / "ft")
+    for cmd in ([sys.executable, "scripts/make_tiny_hf.py", "--data", data, "--out", hf,
+                 "--vocab-size", "200"],
+                [sys.executable, "-m", "data_tools.preprocess", data, "--tokenizer", hf,
+                 "--template", "chat", "--out", st]):
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+    run(["--init-from", hf, "--data.train", st, "--data.template", "chat", "--steps", "3",
+         "--run-dir", d] + COMMON + ["--train.export", "true"])
+    from transformers import AutoConfig, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(os.path.join(d, "export"))
+    assert "<pred_2>" in tok.get_vocab()
+    assert AutoConfig.from_pretrained(os.path.join(d, "export")).vocab_size >= len(tok)
+    m = metrics(d)
+    assert len(m) == 3 and all(x["jepa_loss"] is not None for x in m)
