@@ -82,7 +82,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = _f(300, "optimizer steps")
+    steps: int = _f(1000, "optimizer steps")
     seed: int = _f(0, "seed for init, data order and JEPA dropout")
     run_dir: str = _f("runs/default", "where logs, checkpoints and the export go")
     ds_config: str = _f("ds_configs/zero1.json", "DeepSpeed JSON (ZeRO stage etc.); the run config "

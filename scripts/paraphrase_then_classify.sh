@@ -33,31 +33,7 @@
 # from the latest checkpoint (--resume auto).
 set -euo pipefail
 
-SIZE=${SIZE:-tiny}
-EXTRA=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --size) SIZE=$2; shift 2 ;;
-    --size=*) SIZE=${1#--size=}; shift ;;
-    --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument $1 (use --size tiny|paper [-- pretrain.py flags])" >&2; exit 2 ;;
-  esac
-done
-case "$SIZE" in tiny|paper) ;; *) echo "SIZE must be tiny or paper, got $SIZE" >&2; exit 2 ;; esac
-
-for v in OUT DATA_DIR MODEL_DIR HOSTFILE RT_TRAIN RT_TEST; do  # user paths: relative to the caller
-  [ -z "${!v:-}" ] || printf -v "$v" '%s' "$(realpath -m "${!v}")"
-done
-cd "$(dirname "$0")/.."
-detect_gpus() {
-  if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
-  else echo 0; fi
-}
-NGPUS=${NGPUS:-$(detect_gpus)}
-# CPU runs: one intra-op thread per process. PyTorch's default (a thread per core) spins
-# against other processes on a shared or small CPU: measured 100x slower steps on 2 busy cores.
-[ "$NGPUS" -gt 0 ] || export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source "$(dirname "$0")/recipe_common.sh" "$@"
 OUT=${OUT:-runs/paraphrase_then_classify-$SIZE}
 DATA_DIR=${DATA_DIR:-/work/shared/data}
 RT_TRAIN=${RT_TRAIN:-$DATA_DIR/rotten_tomatoes_train.jsonl}
@@ -73,15 +49,6 @@ for f in "$RT_TRAIN" "$RT_TEST"; do
 done
 mkdir -p "$OUT"
 
-train() {  # pretrain.py on NGPUS GPUs per node (DeepSpeed launcher) or one plain process
-  if [ -n "${HOSTFILE:-}" ]; then
-    deepspeed --hostfile "$HOSTFILE" --num_nodes "${NNODES:-2}" --num_gpus "$NGPUS" pretrain.py "$@"
-  elif [ "$NGPUS" -gt 0 ]; then
-    deepspeed --num_gpus "$NGPUS" pretrain.py "$@"
-  else
-    python pretrain.py "$@"
-  fi
-}
 SECONDS=0
 echo "== paraphrase_then_classify: size=$SIZE ngpus=$NGPUS out=$OUT"
 
