@@ -156,13 +156,11 @@ def train(cfg: config_mod.Config) -> dict:
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     run_dir = os.path.abspath(cfg.train.run_dir)
     ckpt_root = os.path.join(run_dir, "checkpoints")
-    resume_tag = None
-    if cfg.train.resume:
-        root = ckpt_root if cfg.train.resume == "auto" else cfg.train.resume
-        if cfg.train.resume == "auto":
-            resume_tag = checkpoint.find_latest(ckpt_root)
-        else:
-            ckpt_root, resume_tag = checkpoint.resolve_checkpoint(root)
+    load_root, resume_tag = ckpt_root, None  # checkpoints are always *saved* to ckpt_root
+    if cfg.train.resume == "auto":
+        resume_tag = checkpoint.find_latest(ckpt_root)
+    elif cfg.train.resume:
+        load_root, resume_tag = checkpoint.resolve_checkpoint(cfg.train.resume)
 
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     ds_cfg = resolve_ds(cfg, world, bf16=bf16, skip_nonfinite=cfg.train.on_nonfinite == "skip")
@@ -210,12 +208,12 @@ def train(cfg: config_mod.Config) -> dict:
 
     start = 0
     if resume_tag:
-        client = checkpoint.load(engine, ckpt_root, resume_tag, rank=rank)
+        client = checkpoint.load(engine, load_root, resume_tag, rank=rank)
         loader.load_state_dict(client["loader"])
         start = int(client["step"])
         if is_main:
-            log.info("resumed from %s at step %d", os.path.join(ckpt_root, resume_tag), start)
-    elif cfg.train.resume and cfg.train.resume == "auto" and is_main:
+            log.info("resumed from %s at step %d", os.path.join(load_root, resume_tag), start)
+    elif cfg.train.resume == "auto" and is_main:
         log.info("resume=auto: no complete checkpoint in %s, starting fresh", ckpt_root)
 
     logger = MetricsLogger(run_dir, enabled=is_main, resume_step=start)
@@ -259,31 +257,11 @@ def train(cfg: config_mod.Config) -> dict:
             sums += torch.tensor([loss.item(), lm_loss.item(), jepa_loss.item(),
                                   cos.item() * b.num_pairs], dtype=torch.float64, device=device)
         step += 1
-        # global loss = sum over micro-batches and ranks of (sum / global count)
-        sums[:3] /= scale
-        dist.all_reduce(sums)
-        cos_mean = (sums[3] / max(n_pairs, 1)).item()
-        tokens = sum(b.stats["real_tokens"] for b in batches)
-        examples = sum(b.stats["examples"] for b in batches)
-        pairs = sum(attended_pairs(b.doc_ids, b.roles) for b in batches)
-        capacity = sum(b.stats["capacity"] for b in batches)
-        tot_tokens, tot_examples, tot_pairs, tot_capacity = all_reduce(
-            [tokens, examples, pairs, capacity], device)
-        dt = time.time() - t0
-        step_flops = flops.step_flops(tot_tokens, n_lab, tot_pairs)
-        last = {
-            "loss": sums[0].item(), "lm_loss": sums[1].item(), "jepa_loss": sums[2].item(),
-            "cosine": cos_mean, "lr": scheduler.get_last_lr()[0],
-            "grad_norm": _grad_norm(engine), "tokens_per_s": tot_tokens / dt,
-            "samples_per_s": tot_examples / dt, "packing_efficiency": tot_tokens / tot_capacity,
-            "step_time_s": dt, "tflops": step_flops / dt / 1e12 / world,
-            "mfu": (step_flops / dt / 1e12 / world / peak) if peak else float("nan"),
-            "peak_memory_gb": peak_memory_gb(), "skipped_steps": engine.skipped_steps,
-            "epoch": loader.epoch,
-        }
+        last = _step_scalars(batches, sums, n_lab, n_pairs, scale, time.time() - t0, engine,
+                             scheduler, loader, flops, peak, world, device)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", cos=f"{cos_mean:.3f}")
+            bar.set_postfix(loss=f"{last['loss']:.3f}", cos=f"{last['cosine']:.3f}")
         if step % cfg.train.log_every == 0 or step == end:
             logger.log(step, last)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and data.eval_store:
@@ -310,6 +288,30 @@ def train(cfg: config_mod.Config) -> dict:
         result.update(_finish(cfg, ckpt_root, data, step, rank, run_dir))
     dist.barrier()
     return result
+
+
+def _step_scalars(batches, sums, n_lab, n_pairs, scale, dt, engine, scheduler, loader, flops,
+                  peak, world, device) -> dict:
+    """The step's logged metrics, reduced over ranks (collective)."""
+    # global loss = sum over micro-batches and ranks of (sum / global count)
+    sums[:3] /= scale
+    dist.all_reduce(sums)
+    tokens = sum(b.stats["real_tokens"] for b in batches)
+    examples = sum(b.stats["examples"] for b in batches)
+    pairs = sum(attended_pairs(b.doc_ids, b.roles) for b in batches)
+    capacity = sum(b.stats["capacity"] for b in batches)
+    tot_tokens, tot_examples, tot_pairs, tot_capacity = all_reduce(
+        [tokens, examples, pairs, capacity], device)
+    tflops = flops.step_flops(tot_tokens, n_lab, tot_pairs) / dt / 1e12 / world
+    return {
+        "loss": sums[0].item(), "lm_loss": sums[1].item(), "jepa_loss": sums[2].item(),
+        "cosine": (sums[3] / max(n_pairs, 1)).item(), "lr": scheduler.get_last_lr()[0],
+        "grad_norm": _grad_norm(engine), "tokens_per_s": tot_tokens / dt,
+        "samples_per_s": tot_examples / dt, "packing_efficiency": tot_tokens / tot_capacity,
+        "step_time_s": dt, "tflops": tflops, "mfu": tflops / peak if peak else float("nan"),
+        "peak_memory_gb": peak_memory_gb(), "skipped_steps": engine.skipped_steps,
+        "epoch": loader.epoch,
+    }
 
 
 def _grad_norm(engine) -> float:
