@@ -86,8 +86,9 @@ def setup_distributed():
 
 def _free_port() -> int:
     import socket
+    # Bind every address (as the rendezvous store will), not only loopback.
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 

@@ -217,25 +217,33 @@ def test_two_rank_zero3_loss_falls(store, tmp_path):
     assert os.path.exists(os.path.join(d, "export", "config.json"))
 
 
+EXPORT_CHECK = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from megajepa.config import load
+from megajepa.train import train
+cfg = load(sys.argv[1:])
+cfg.train.export = True
+result = train(cfg)                      # in process: keep the trained model object
+hf = AutoModelForCausalLM.from_pretrained(result["export"])
+tok = AutoTokenizer.from_pretrained(result["export"])
+ids = torch.tensor([tok.encode("lines with the string dog")])
+with torch.no_grad():
+    torch.testing.assert_close(hf(ids).logits, result["module"].lm(ids).logits, atol=1e-5, rtol=1e-5)
+    out = hf.generate(ids, max_new_tokens=4, do_sample=False)
+assert out.shape[1] > ids.shape[1]
+print("EXPORT_MATCHES")
+"""
+
+
 def test_export_matches_trained_model(store, tmp_path):
-    """In process: train a few steps, export, reload with from_pretrained: same logits."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from megajepa.config import load
-    from megajepa.train import train
-
+    """Train a few steps, export, reload with from_pretrained: the same logits as the trained
+    model object (in a child process, which owns the process group)."""
     d = str(tmp_path / "exp")
-    cfg = load(["--data.train", store, "--steps", "3", "--run-dir", d] + COMMON)
-    cfg.train.export = True
-    result = train(cfg)
-    hf = AutoModelForCausalLM.from_pretrained(result["export"])
-    tok = AutoTokenizer.from_pretrained(result["export"])
-    ids = torch.tensor([tok.encode("lines with the string dog")])
-    trained = result["module"].lm
-    with torch.no_grad():
-        torch.testing.assert_close(hf(ids).logits, trained(ids).logits, atol=1e-5, rtol=1e-5)
-        out = hf.generate(ids, max_new_tokens=4, do_sample=False)
-    assert out.shape[1] > ids.shape[1]
+    p = subprocess.run([sys.executable, "-c", EXPORT_CHECK, "--data.train", store, "--steps", "3",
+                        "--run-dir", d] + COMMON, cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0 and "EXPORT_MATCHES" in p.stdout, p.stderr[-3000:]
 
 
 def test_finetune_from_hf_checkpoint_with_chat_template(store, tmp_path):
