@@ -73,10 +73,4 @@ for ARM in $ARMS; do
 done
 
 echo "== NL-RX test, next-token vs LLM-JEPA (size=$SIZE, ${SECONDS}s)"
-python - "$OUT" $ARMS <<'EOF'
-import json, sys
-for arm in sys.argv[2:]:
-    m = json.load(open(f"{sys.argv[1]}/{arm}/eval/metrics.json"))
-    print(f"{arm:>10}: n={m['n']} exact={m['exact']:.3f} startswith={m['startswith']:.3f} "
-          f"semantic={m['semantic']:.3f}")
-EOF
+nlrx_summary "$OUT" $ARMS

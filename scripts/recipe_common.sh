@@ -37,3 +37,13 @@ train() {  # pretrain.py on NGPUS GPUs per node (DeepSpeed launcher) or one plai
     python pretrain.py "$@"
   fi
 }
+
+nlrx_summary() {  # OUT ARM...: one line of NL-RX metrics per arm from <OUT>/<arm>/eval/metrics.json
+  python - "$@" <<'EOF'
+import json, sys
+for arm in sys.argv[2:]:
+    m = json.load(open(f"{sys.argv[1]}/{arm}/eval/metrics.json"))
+    print(f"{arm:>10}: n={m['n']} exact={m['exact']:.3f} startswith={m['startswith']:.3f} "
+          f"semantic={m['semantic']:.3f}")
+EOF
+}
