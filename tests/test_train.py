@@ -265,3 +265,20 @@ def test_finetune_from_hf_checkpoint_with_chat_template(store, tmp_path):
     assert AutoConfig.from_pretrained(os.path.join(d, "export")).vocab_size >= len(tok)
     m = metrics(d)
     assert len(m) == 3 and all(x["jepa_loss"] is not None for x in m)
+
+
+def test_export_cli_and_resume_errors(reference_run, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "megajepa.export", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    out = str(tmp_path / "hf")
+    assert cli(reference_run, out).returncode == 0
+    again = cli(reference_run, out)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    missing = cli(str(tmp_path / "nope"), str(tmp_path / "hf2"))
+    assert missing.returncode == 2 and "no complete checkpoint" in missing.stderr
+    assert not os.path.exists(tmp_path / "hf2")
+    p = run(["--resume", str(tmp_path / "nope"), "--steps", "2", "--run-dir", str(tmp_path / "r")],
+            check=False)
+    assert p.returncode == 2 and "no complete checkpoint" in p.stderr
