@@ -101,9 +101,10 @@ class MetricsLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         os.makedirs(run_dir, exist_ok=True)
-        self.writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=resume_step or None)
-        if resume_step and os.path.exists(self.path):
-            self._truncate_after(resume_step)
+        # purge_step: TensorBoard hides older events at or past it (a resume, or a fresh start)
+        self.writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=resume_step)
+        if os.path.exists(self.path):
+            self._truncate_after(resume_step)  # a fresh start (step 0) begins a new file
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop records past the checkpoint so the file reads as one clean run."""

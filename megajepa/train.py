@@ -216,6 +216,9 @@ def train(cfg: config_mod.Config) -> dict:
             log.info("resumed from %s at step %d", os.path.join(load_root, resume_tag), start)
     elif cfg.train.resume == "auto" and is_main:
         log.info("resume=auto: no complete checkpoint in %s, starting fresh", ckpt_root)
+    elif is_main and checkpoint.find_latest(ckpt_root):
+        log.warning("starting fresh in %s, which holds checkpoints (they will be replaced); "
+                    "pass --resume auto to continue from them", run_dir)
 
     logger = MetricsLogger(run_dir, enabled=is_main, resume_step=start)
     logger.text("config", cfg.to_yaml())
