@@ -162,6 +162,14 @@ def train(cfg: config_mod.Config) -> dict:
         resume_tag = checkpoint.find_latest(ckpt_root)
     elif cfg.train.resume:
         load_root, resume_tag = checkpoint.resolve_checkpoint(cfg.train.resume)
+    fresh_here = not cfg.train.resume or (
+        cfg.train.resume != "auto" and os.path.abspath(load_root) != ckpt_root)
+    if is_main and fresh_here and os.path.isdir(ckpt_root):
+        # A fresh start never mixes with an old run's checkpoints: set them aside, keep them.
+        aside = f"{ckpt_root}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(ckpt_root, aside)
+        log.warning("starting fresh in %s: its previous checkpoints moved to %s "
+                    "(use --resume auto to continue a run instead)", run_dir, aside)
 
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     ds_cfg = resolve_ds(cfg, world, bf16=bf16, skip_nonfinite=cfg.train.on_nonfinite == "skip")
@@ -216,9 +224,7 @@ def train(cfg: config_mod.Config) -> dict:
             log.info("resumed from %s at step %d", os.path.join(load_root, resume_tag), start)
     elif cfg.train.resume == "auto" and is_main:
         log.info("resume=auto: no complete checkpoint in %s, starting fresh", ckpt_root)
-    elif is_main and checkpoint.find_latest(ckpt_root):
-        log.warning("starting fresh in %s, which holds checkpoints (they will be replaced); "
-                    "pass --resume auto to continue from them", run_dir)
+
 
     logger = MetricsLogger(run_dir, enabled=is_main, resume_step=start)
     logger.text("config", cfg.to_yaml())

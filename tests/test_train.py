@@ -282,3 +282,15 @@ def test_export_cli_and_resume_errors(reference_run, tmp_path):
     p = run(["--resume", str(tmp_path / "nope"), "--steps", "2", "--run-dir", str(tmp_path / "r")],
             check=False)
     assert p.returncode == 2 and "no complete checkpoint" in p.stderr
+
+
+def test_fresh_start_in_a_used_run_dir_sets_old_checkpoints_aside(store, tmp_path):
+    d = str(tmp_path / "again")
+    args = ["--data.train", store, "--steps", "2", "--run-dir", d] + COMMON
+    run(args)
+    run(args + ["--steps", "3"])
+    aside = [f for f in os.listdir(d) if f.startswith("checkpoints.replaced-")]
+    assert len(aside) == 1 and os.listdir(os.path.join(d, aside[0]))
+    from megajepa.checkpoint import find_latest
+    assert find_latest(os.path.join(d, "checkpoints")) == "step_00000003"
+    assert [m["step"] for m in metrics(d)] == [1, 2, 3]   # one clean run in metrics.jsonl
