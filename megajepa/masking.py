@@ -81,21 +81,61 @@ def mask_mod_for(doc_ids: torch.Tensor, roles: torch.Tensor):
     return mask_mod
 
 
+def block_structure(doc_ids: torch.Tensor, roles: torch.Tensor, block_size: int):
+    """Which (query block, key block) tiles need attention, from document ranges alone.
+
+    O(rows * blocks^2) on block summaries, no S x S evaluation. A tile is *needed* when it is
+    on the diagonal (every token sees itself) or lies on/below it and the two blocks' document
+    ranges intersect: every allowed pair shares a document, so this is a superset of the tiles
+    with an allowed pair. A needed tile is *full* (no mask_mod) when it is strictly below the
+    diagonal, both blocks hold one and the same document with no padding, and every key is
+    TEXT (visible to every role). Returns boolean ``(partial, full)`` of shape [rows, nq, nk].
+    """
+    rows, s = doc_ids.shape
+    n = -(-s // block_size)
+    pad = n * block_size - s
+    d = torch.nn.functional.pad(doc_ids, (0, pad), value=PAD_DOC).view(rows, n, block_size)
+    r = torch.nn.functional.pad(roles, (0, pad), value=TEXT).view(rows, n, block_size)
+    real = d != PAD_DOC
+    dmin = torch.where(real, d, torch.iinfo(d.dtype).max).amin(-1)
+    dmax = torch.where(real, d, PAD_DOC).amax(-1)
+    has = real.any(-1)
+    qi = torch.arange(n, device=d.device)[None, :, None]
+    ki = torch.arange(n, device=d.device)[None, None, :]
+    overlap = (has[:, :, None] & has[:, None, :] & (dmin[:, :, None] <= dmax[:, None, :])
+               & (dmin[:, None, :] <= dmax[:, :, None]))
+    needed = (overlap & (ki <= qi)) | (ki == qi)
+    single = real.all(-1) & (dmin == dmax)
+    text_keys = (r == TEXT).all(-1)
+    full = (single[:, :, None] & single[:, None, :] & (dmin[:, :, None] == dmin[:, None, :])
+            & text_keys[:, None, :] & (ki < qi))
+    return needed & ~full, full
+
+
+def _as_indices(m: torch.Tensor):
+    """[rows, nq, nk] bool -> (num [rows, 1, nq], indices [rows, 1, nq, nk]), listed first."""
+    num = m.sum(-1, dtype=torch.int32)
+    order = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True)
+    return num[:, None], order.to(torch.int32)[:, None]
+
+
 def block_mask(doc_ids: torch.Tensor, roles: torch.Tensor, *, block_size: int = 128,
                compile: bool | None = None):
     """FlexAttention ``BlockMask`` for the packed batch.
 
-    Blocks are skipped when their query and key tokens share no document or lie above the
-    diagonal; ``create_block_mask`` finds those from :func:`allowed` itself, so the sparse
-    structure can never disagree with the rule. ``compile`` defaults to True on CUDA.
+    The sparse tile structure comes from :func:`block_structure` (document ranges, cheap);
+    inside partial tiles FlexAttention evaluates :func:`allowed` itself, so the result is
+    exactly the rule. ``compile`` is accepted for API compatibility and ignored: nothing here
+    needs compiling.
     """
-    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import BlockMask
 
-    rows, s = doc_ids.shape
-    if compile is None:
-        compile = doc_ids.is_cuda
-    return create_block_mask(mask_mod_for(doc_ids, roles), B=rows, H=None, Q_LEN=s, KV_LEN=s,
-                             device=doc_ids.device, BLOCK_SIZE=block_size, _compile=compile)
+    s = doc_ids.shape[1]
+    partial, full = block_structure(doc_ids, roles, block_size)
+    kv_num, kv_idx = _as_indices(partial)
+    full_num, full_idx = _as_indices(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size,
+                                    mask_mod=mask_mod_for(doc_ids, roles), seq_lengths=(s, s))
 
 
 def attention_mask_for(model, doc_ids: torch.Tensor, roles: torch.Tensor, dtype=None):

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
 from megajepa.layout import ANSWER, PAD_DOC, PRED, TEXT, pack
-from megajepa.masking import ALLOW, additive_mask, allowed, block_mask, dense_mask
+from megajepa.masking import (ALLOW, additive_mask, allowed, block_mask, block_structure,
+                              dense_mask)
 
 from conftest import PRED_IDS, random_examples
 
@@ -66,14 +67,31 @@ def test_flex_block_mask_agrees_with_dense_sdpa():
     rows, s = b.doc_ids.shape
     q, k, v = (torch.randn(rows, 2, s, 16) for _ in range(3))
     dense = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(b.doc_ids, b.roles))
-    bm = block_mask(b.doc_ids, b.roles, block_size=16, compile=False)
+    bm = block_mask(b.doc_ids, b.roles, block_size=16)
     with torch.no_grad():
         flex = flex_attention(q, k, v, block_mask=bm)
     assert torch.isfinite(flex).all()
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
-    # The block structure must skip blocks that share no document or lie above the diagonal.
-    dense_blocks = bm.to_dense()[:, 0].bool()
-    full = dense_mask(b.doc_ids, b.roles)[:, 0]
+    # The tiles built from document ranges: every tile with an allowed pair is there, tiles
+    # that share no document or lie above the diagonal are skipped, and a tile marked full
+    # (no mask_mod) really allows every pair.
+    allowed_pairs = dense_mask(b.doc_ids, b.roles)[:, 0]
     nb = s // 16
-    need = full.reshape(rows, nb, 16, nb, 16).any(-1).any(2)
-    assert torch.equal(dense_blocks, need)
+    tiles = allowed_pairs.reshape(rows, nb, 16, nb, 16)
+    assert torch.equal(bm.to_dense()[:, 0].bool(), tiles.any(-1).any(2))
+    long = pack(random_examples(10, seed=6, max_len=60), 256, k=2, pred_ids=PRED_IDS, pad_id=0)
+    ok = dense_mask(long.doc_ids, long.roles)[:, 0].reshape(-1, 16, 16, 16, 16)
+    partial, full = block_structure(long.doc_ids, long.roles, 16)
+    assert full.any() and ok.all(-1).all(2)[full].all()
+    assert not (partial & full).any()
+    assert (ok.any(-1).any(2) <= (partial | full)).all()
+
+
+def test_block_structure_handles_a_ragged_last_block():
+    b = pack(random_examples(12, seed=5), 72, k=2, pred_ids=PRED_IDS, pad_id=0, min_rows=2)
+    rows, s = b.doc_ids.shape
+    q, k, v = (torch.randn(rows, 2, s, 8) for _ in range(3))
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(b.doc_ids, b.roles))
+    with torch.no_grad():
+        flex = flex_attention(q, k, v, block_mask=block_mask(b.doc_ids, b.roles, block_size=16))
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
