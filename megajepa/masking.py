@@ -119,14 +119,12 @@ def _as_indices(m: torch.Tensor):
     return num[:, None], order.to(torch.int32)[:, None]
 
 
-def block_mask(doc_ids: torch.Tensor, roles: torch.Tensor, *, block_size: int = 128,
-               compile: bool | None = None):
+def block_mask(doc_ids: torch.Tensor, roles: torch.Tensor, *, block_size: int = 128):
     """FlexAttention ``BlockMask`` for the packed batch.
 
     The sparse tile structure comes from :func:`block_structure` (document ranges, cheap);
     inside partial tiles FlexAttention evaluates :func:`allowed` itself, so the result is
-    exactly the rule. ``compile`` is accepted for API compatibility and ignored: nothing here
-    needs compiling.
+    exactly the rule.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
