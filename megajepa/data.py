@@ -102,7 +102,7 @@ def prepare(cfg, run_dir: str, *, rank: int) -> RunData:
 
 def check_compatible(cfg, data: RunData) -> None:
     """Config vs data, before any training: predictor tokens, row length, vocabulary."""
-    from megajepa.layout import layout_cost
+    from megajepa.loader import vector_costs
 
     j, d = cfg.jepa, cfg.data
     if j.k > len(data.pred_ids):
@@ -111,16 +111,15 @@ def check_compatible(cfg, data: RunData) -> None:
             f"(<pred_1>..<pred_{len(data.pred_ids)}>); lower jepa.k or retrain the tokenizer with "
             f"python -m data_tools.train_tokenizer --k {j.k}")
     store = data.train_store
-    lengths = np.asarray(store.view_lengths)
-    offs = np.asarray(store.example_offsets)
     # Shortest example, as packed: too-short rows would drop every example.
-    per = [layout_cost(store.kind, lengths[offs[i]:offs[i + 1]].tolist(), k=j.k,
-                       jepa=j.lbd > 0, jepa_pairs=j.jepa_pairs, reverse=j.reverse)
-           for i in range(min(len(store), 2000))]
-    if per and min(per) > d.seq_len:
+    costs = vector_costs(store.kind, store.view_lengths, store.example_offsets,
+                         np.full(len(store), j.lbd > 0), k=j.k, jepa_pairs=j.jepa_pairs,
+                         reverse=j.reverse)
+    shortest = int(costs.min()) if len(costs) else 0
+    if shortest > d.seq_len:
         raise ValueError(
-            f"data.seq_len={d.seq_len} is below the shortest example ({min(per)} tokens packed "
-            f"with k={j.k}); raise data.seq_len to at least {min(per)}")
+            f"data.seq_len={d.seq_len} is below the shortest example ({shortest} tokens packed "
+            f"with k={j.k}); raise data.seq_len to at least {shortest}")
     vocab = store.manifest.get("tokenizer", {}).get("vocab_size")
     if vocab and vocab > len(data.tokenizer):
         raise ValueError(f"store {store.path} was tokenized with a vocabulary of {vocab}, "

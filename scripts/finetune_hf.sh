@@ -46,15 +46,7 @@ mkdir -p "$OUT"
 SECONDS=0
 
 # 1. data: NL-RX-SYNTH pairs (or the embedded generator's stand-in)
-TRAIN_JSONL=$DATA_DIR/nlrx_synth_train.jsonl
-TEST_JSONL=$DATA_DIR/nlrx_synth_test.jsonl
-if [ ! -f "$TRAIN_JSONL" ] || [ ! -f "$TEST_JSONL" ]; then
-  echo "no NL-RX-SYNTH in $DATA_DIR: generating the embedded NL-RX-style dataset"
-  [ -f "$OUT/data/pairs_train.jsonl" ] ||
-    python -m data_tools.generate --out "$OUT/data" --train 8000 --test 2000 --formats pairs --seed 0
-  TRAIN_JSONL=$OUT/data/pairs_train.jsonl
-  TEST_JSONL=$OUT/data/pairs_test.jsonl
-fi
+nlrx_data  # sets TRAIN_JSONL, TEST_JSONL
 
 # 2. the model: a local HF folder; at tiny scale a random tiny Llama with its own tokenizer
 if [ -z "${MODEL_DIR:-}" ]; then

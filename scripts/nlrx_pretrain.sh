@@ -38,15 +38,7 @@ SECONDS=0
 echo "== nlrx_pretrain: size=$SIZE ngpus=$NGPUS config=$CONFIG out=$OUT"
 
 # 1. data: NL-RX-SYNTH pairs (or the embedded generator's stand-in)
-TRAIN_JSONL=$DATA_DIR/nlrx_synth_train.jsonl
-TEST_JSONL=$DATA_DIR/nlrx_synth_test.jsonl
-if [ ! -f "$TRAIN_JSONL" ] || [ ! -f "$TEST_JSONL" ]; then
-  echo "no NL-RX-SYNTH in $DATA_DIR: generating the embedded NL-RX-style dataset"
-  [ -f "$OUT/data/pairs_train.jsonl" ] ||
-    python -m data_tools.generate --out "$OUT/data" --train 8000 --test 2000 --formats pairs --seed 0
-  TRAIN_JSONL=$OUT/data/pairs_train.jsonl
-  TEST_JSONL=$OUT/data/pairs_test.jsonl
-fi
+nlrx_data  # sets TRAIN_JSONL, TEST_JSONL
 [ -f "$OUT/tokenizer/tokenizer.json" ] ||
   python -m data_tools.train_tokenizer "$TRAIN_JSONL" --out "$OUT/tokenizer" --vocab-size "$VOCAB" \
     --model bpe --k-pred 8 --overwrite

@@ -47,3 +47,15 @@ for arm in sys.argv[2:]:
           f"semantic={m['semantic']:.3f}")
 EOF
 }
+
+nlrx_data() {  # TRAIN_JSONL/TEST_JSONL: NL-RX-SYNTH from $DATA_DIR, else the embedded generator's stand-in
+  TRAIN_JSONL=$DATA_DIR/nlrx_synth_train.jsonl
+  TEST_JSONL=$DATA_DIR/nlrx_synth_test.jsonl
+  if [ ! -f "$TRAIN_JSONL" ] || [ ! -f "$TEST_JSONL" ]; then
+    echo "no NL-RX-SYNTH in $DATA_DIR: generating the embedded NL-RX-style dataset"
+    [ -f "$OUT/data/pairs_train.jsonl" ] ||
+      python -m data_tools.generate --out "$OUT/data" --train 8000 --test 2000 --formats pairs --seed 0
+    TRAIN_JSONL=$OUT/data/pairs_train.jsonl
+    TEST_JSONL=$OUT/data/pairs_test.jsonl
+  fi
+}
