@@ -1,6 +1,6 @@
 """Compare generated NL-RX-style pairs with a real NL-RX chat JSONL (vocabulary, lengths, operators).
 
-    python -m data_tools.compare_nlrx /work/shared/data/nlrx_synth_train.jsonl --n 8000 --seed 0
+    python -m data_tools.compare_nlrx data/nlrx_synth_train.jsonl --n 8000 --seed 0
 
 Prints a Markdown table (used in docs/data.md).
 """
@@ -12,8 +12,8 @@ import re
 import statistics
 import sys
 
-from . import nlrx, readers
-from .errors import run_cli
+from . import cli, nlrx, readers
+from .errors import DataError, run_cli
 
 OPERATORS = {"&": r"&", "~": r"~", "|": r"\|", "{n,}": r"\{\d+,\}", "+": r"\)\+", "*": r"\)\*", ".*": r"\.\*",
              "\\b": r"\\b", "[A-Za-z]": r"\[A-Za-z\]", "[A-Z]": r"\[A-Z\]", "[a-z]": r"\[a-z\]",
@@ -51,13 +51,18 @@ def table(real, gen) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data_tools.compare_nlrx", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("real", help="real NL-RX chat JSONL")
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("compare_nlrx", __doc__)
+    p.add_argument("real", help="real NL-RX chat JSONL (e.g. from python -m data_tools.get_nlrx)")
     p.add_argument("--n", type=int, default=8000, help="generated pairs (default 8000)")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    if a.n < 2:
+        raise DataError(f"--n must be >= 2, got {a.n}")
     real = [(r.data["user"], r.data["assistant"]) for r in readers.read_records(a.real, fmt="chat")]
     gen = [(r["description"], r["regex"]) for r in nlrx.generate_pairs(a.n, a.seed)]
     print(table(stats(real), stats(gen)))

@@ -20,6 +20,7 @@ import os
 import re
 from typing import Iterable
 
+from . import hub
 from .errors import DataError
 from .templates import PRED_TOKEN, SEP_TOKEN
 
@@ -45,7 +46,39 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str, *, vocab_size: int =
 
     if model_type not in ("bpe", "unigram"):
         raise DataError(f"unknown tokenizer model type {model_type!r} (bpe|unigram)")
+    if k < 0:
+        raise DataError(f"--k-pred must be >= 0, got {k}")
+    if vocab_size <= len(SPECIALS) + k:
+        raise DataError(f"--vocab-size {vocab_size} leaves no room for learned pieces "
+                        f"(the {len(SPECIALS) + k} special tokens take ids 0..{len(SPECIALS) + k - 1})")
     model = io.BytesIO()
+    failed: list = []
+
+    def guarded():  # an error raised by the input must surface as itself, not as spm's RuntimeError
+        try:
+            yield from texts
+        except BaseException as e:
+            failed.append(e)
+            raise
+
+    try:
+        _train_spm(spm, guarded(), model, vocab_size=vocab_size, model_type=model_type, k=k,
+                   character_coverage=character_coverage, seed_sentencepiece_size=seed_sentencepiece_size,
+                   input_sentence_size=input_sentence_size)
+    except RuntimeError as e:  # sentencepiece's own checks (e.g. too little text for the vocabulary)
+        if failed:
+            raise failed[0] from None
+        raise DataError(f"sentencepiece cannot train: {(str(e).splitlines() or [''])[0]}") from None
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "spm.model"), "wb") as f:
+        f.write(model.getvalue())
+    tok = _hf_from_spm(model.getvalue(), k)
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+def _train_spm(spm, texts, model, *, vocab_size, model_type, k, character_coverage, seed_sentencepiece_size,
+               input_sentence_size):
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
         model_type=model_type, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
@@ -54,12 +87,6 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str, *, vocab_size: int =
         character_coverage=character_coverage, input_sentence_size=input_sentence_size,
         shuffle_input_sentence=True, seed_sentencepiece_size=seed_sentencepiece_size,
         num_threads=os.cpu_count() or 1, minloglevel=2)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "spm.model"), "wb") as f:
-        f.write(model.getvalue())
-    tok = _hf_from_spm(model.getvalue(), k)
-    tok.save_pretrained(out_dir)
-    return tok
 
 
 def _hf_from_spm(proto_bytes: bytes, k: int):
@@ -88,21 +115,46 @@ def load_tokenizer(name_or_path: str, *, k: int | None = None):
 
     Returns ``(tokenizer, added)`` where ``added`` lists the tokens this call added
     (non-empty means the model's embeddings must be resized).  ``k=None`` keeps the
-    predictor tokens the tokenizer already has (``DEFAULT_K`` if it has none).
+    predictor tokens the tokenizer already has (``DEFAULT_K`` if it has none).  A name that
+    is not a local directory goes to the Hugging Face hub only if it looks like ``org/name``
+    (see :mod:`data_tools.hub`); otherwise it is ``no such directory: <name>`` at once.
     """
-    from transformers import AutoTokenizer
-
     if not name_or_path:
         raise DataError("no tokenizer given (--tokenizer)")
-    looks_local = os.path.sep in name_or_path or name_or_path.startswith(".") or os.path.exists(name_or_path)
-    if looks_local and not os.path.isdir(name_or_path):
-        raise DataError("tokenizer not found", file=name_or_path)
+    tok = _resolve(str(name_or_path))
+    return tok, prepare_tokenizer(tok, k=k)
+
+
+def _resolve(name: str):
+    from transformers import AutoTokenizer
+
+    if os.path.isdir(name):
+        return _from_pretrained(name, local_files_only=True)
+    if os.path.exists(name):
+        raise DataError(f"tokenizer {name}: is a file; a tokenizer is a directory "
+                        "(python -m data_tools.train_tokenizer writes one)")
+    if not hub.is_repo_id(name):
+        raise DataError(f"no such directory: {name} (a tokenizer is a local directory, "
+                        "or a Hugging Face hub name org/name)")
+    try:  # already in the local cache: no network at all
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or unreadable): ask the hub once below
+        pass
+    if hub.offline():
+        raise DataError(f"tokenizer {name}: not a local directory, and not in the local Hugging Face cache "
+                        "(HF_HUB_OFFLINE is set)")
+    hub.check_repo(name, repo_type="model", what="tokenizer")
+    return _from_pretrained(name)
+
+
+def _from_pretrained(name: str, **kw):
+    from transformers import AutoTokenizer
+
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name, **kw)
     except Exception as e:  # noqa: BLE001 - any loading failure is bad input here
         raise DataError(f"cannot load tokenizer: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                        file=name_or_path) from None
-    return tok, prepare_tokenizer(tok, k=k)
+                        file=name) from None
 
 
 def prepare_tokenizer(tok, *, k: int | None = None) -> list[str]:
