@@ -12,12 +12,19 @@ that both modes give the same losses and that both equal unpacked forwards.
 
 Normalization: ``lm_loss = sum(CE) / lm_denominator`` and
 ``jepa_loss = sum(d) / jepa_denominator``. Left ``None`` they are this batch's own counts; a
-training loop passes the *global* counts (over micro-batches, accumulation steps and ranks)
-so the gradient does not depend on how a global batch is split.
+training loop passes the *global* counts (over micro-batches, accumulation steps and ranks),
+as floats or 0-dim device tensors (no host read), so the gradient does not depend on how a
+global batch is split.
 
 Distances ``d``: ``cosine`` (1 - cos, default; fused Triton kernel when available), ``l2``
 (Euclidean distance), ``mse`` (mean squared error over the hidden dimension) and ``infonce``
 (cross-entropy of each prediction against all targets of the batch, temperature ``tau``).
+
+``objective="stp"`` (Semantic Tube Prediction, ``megajepa/stp.py``): the same single forward as
+next-token training on rows packed without JEPA segments, plus ``lambda * STP`` from the spans
+in ``batch.stp``; ``jepa_loss`` is ``sum_spans w (1 - cos) / jepa_denominator`` (default: the
+batch's weight sum, the span count when unweighted), ``cosine`` its mean cosine and
+``num_pairs`` its span count. :func:`jepa_count` is what a loop sums globally for either.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from megajepa.masking import allowed, attention_mask_for
 
 DISTANCES = ("cosine", "l2", "mse", "infonce")
 MODES = ("single_pass", "three_pass")
+OBJECTIVES = ("views", "stp")
 
 
 @dataclass
@@ -63,10 +71,14 @@ def lm_head_weight(model) -> torch.Tensor:
 
 
 def lm_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, *,
-                chunk_size: int = 4096, impl: str = "auto") -> torch.Tensor:
-    """Summed next-token CE at labelled positions, without building [tokens, vocab] logits."""
+                label_index: torch.Tensor | None = None, chunk_size: int = 4096,
+                impl: str = "auto") -> torch.Tensor:
+    """Summed next-token CE at labelled positions, without building [tokens, vocab] logits.
+    ``label_index``: the flat labelled positions (``PackedBatch.label_index``, made on the
+    host); without it they are found here, which on a GPU waits for the device."""
     flat_labels = labels.reshape(-1)
-    sel = (flat_labels != IGNORE_INDEX).nonzero().squeeze(-1)
+    sel = label_index if label_index is not None else \
+        (flat_labels != IGNORE_INDEX).nonzero().squeeze(-1)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, sel)
     return ops.linear_cross_entropy(h, weight, flat_labels.index_select(0, sel),
                                     chunk_size=chunk_size, impl=impl)
@@ -102,23 +114,49 @@ def jepa_loss_sum(hidden_flat: torch.Tensor, pred_index: torch.Tensor,
     return d.sum(), cos
 
 
+def stp_loss_sum(hidden_flat: torch.Tensor, spans, *, predictor=None,
+                 impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over spans of ``w (1 - cos)``, mean cosine) of ``megajepa.stp.StpSpans``."""
+    return ops.stp_loss(hidden_flat, spans.index, spans.span_coef, spans.rest_coef, spans.weight,
+                        predictor=predictor, denominator=1.0, impl=impl)
+
+
+def jepa_count(batch: PackedBatch, objective: str = "views") -> float:
+    """This batch's share of the JEPA denominator: pairs (views) or span weights (stp)."""
+    if objective == "stp":
+        return batch.stp.weight_sum if batch.stp is not None else 0.0
+    return float(batch.num_pairs)
+
+
 def forward(model, batch: PackedBatch, *, lbd: float = 1.0, gamma: float = 1.0,
             distance: str = "cosine", mode: str = "single_pass", return_hidden: bool = False,
             stopgrad_target: bool = False, temperature: float = 0.07,
-            lm_denominator: float | None = None, jepa_denominator: float | None = None,
-            ce_chunk_size: int = 4096, kernels: str = "auto") -> ForwardOutput:
+            lm_denominator: float | torch.Tensor | None = None,
+            jepa_denominator: float | torch.Tensor | None = None,
+            ce_chunk_size: int = 4096, kernels: str = "auto", objective: str = "views",
+            stp_predictor=None) -> ForwardOutput:
     """LLM-JEPA loss of a packed batch for a Hugging Face causal LM (Llama family).
 
     ``lbd``/``gamma`` weight the JEPA and next-token terms; ``kernels="reference"`` forces
     the pure PyTorch loss paths (``"auto"`` uses the fused kernels where they run).
+    ``objective="stp"`` adds STP on ``batch.stp`` instead (``stp_predictor``: the optional
+    linear predictor module on the rest embedding).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "stp":
+        _check_stp(batch, mode, distance, stopgrad_target)
     device = next(model.parameters()).device
+    n_lab, n_pairs = batch.num_label_tokens, batch.num_pairs  # before the copy: no device read
+    n_jepa = jepa_count(batch, objective)
+    if objective == "stp":
+        n_pairs = batch.stp.num_spans
     batch = batch.to(device)
-    n_lab, n_pairs = batch.num_label_tokens, batch.num_pairs
-    lm_den = float(lm_denominator if lm_denominator is not None else max(n_lab, 1))
-    jepa_den = float(jepa_denominator if jepa_denominator is not None else max(n_pairs, 1))
+    # A denominator may be a 0-dim device tensor (the loop's global counts): used as is.
+    lm_den = float(max(n_lab, 1)) if lm_denominator is None else lm_denominator
+    jepa_den = (n_jepa if n_jepa > 0 else 1.0) if jepa_denominator is None else jepa_denominator
     ce_impl = {"auto": "auto", "reference": "chunked"}[kernels]
     cos_impl = {"auto": "auto", "reference": "torch"}[kernels]
     weight = lm_head_weight(model)
@@ -126,8 +164,8 @@ def forward(model, batch: PackedBatch, *, lbd: float = 1.0, gamma: float = 1.0,
     if mode == "single_pass":
         hidden = hidden_states(model, batch.input_ids, batch.position_ids, batch.doc_ids,
                                batch.roles)
-        lm_sum = lm_loss_sum(hidden, batch.labels, weight, chunk_size=ce_chunk_size,
-                             impl=ce_impl)
+        lm_sum = lm_loss_sum(hidden, batch.labels, weight, label_index=batch.label_index,
+                             chunk_size=ce_chunk_size, impl=ce_impl)
         flat = hidden.reshape(-1, hidden.shape[-1])
         pred_index, target_index = batch.pred_index, batch.target_index
     else:
@@ -135,15 +173,32 @@ def forward(model, batch: PackedBatch, *, lbd: float = 1.0, gamma: float = 1.0,
         lm_sum, flat, pred_index, target_index = _three_pass(model, batch, weight,
                                                              ce_chunk_size, ce_impl)
     with torch.set_grad_enabled(torch.is_grad_enabled() and lbd != 0):
-        jepa_sum, cos = jepa_loss_sum(flat, pred_index, target_index, distance=distance,
-                                      stopgrad_target=stopgrad_target,
-                                      temperature=temperature, impl=cos_impl)
+        if objective == "stp":
+            jepa_sum, cos = stp_loss_sum(flat, batch.stp, predictor=stp_predictor, impl=cos_impl)
+        else:
+            jepa_sum, cos = jepa_loss_sum(flat, pred_index, target_index, distance=distance,
+                                          stopgrad_target=stopgrad_target,
+                                          temperature=temperature, impl=cos_impl)
     lm_loss = lm_sum / lm_den
     jepa_loss = jepa_sum / jepa_den
     loss = gamma * lm_loss + (lbd * jepa_loss if lbd != 0 else 0.0 * lm_loss)
     return ForwardOutput(loss=loss, lm_loss=lm_loss, jepa_loss=jepa_loss,
                          cosine=cos.detach(), num_label_tokens=n_lab, num_pairs=n_pairs,
                          hidden=hidden if return_hidden else None)
+
+
+def _check_stp(batch: PackedBatch, mode: str, distance: str, stopgrad_target: bool) -> None:
+    if batch.stp is None:
+        raise ValueError("objective='stp' needs spans on the batch (megajepa.stp.attach)")
+    if mode != "single_pass":
+        raise ValueError(f"objective='stp' runs in mode='single_pass' only, got {mode!r}")
+    if distance != "cosine":
+        raise ValueError(f"objective='stp' uses the cosine distance (the reference's), got {distance!r}")
+    if stopgrad_target:
+        raise ValueError("stopgrad_target does not apply to objective='stp'")
+    if batch.num_pairs:
+        raise ValueError("objective='stp' needs rows packed without JEPA segments (jepa_ratio=0 or k=0), "
+                         f"got {batch.num_pairs} JEPA pairs")
 
 
 # --- the three-pass oracle -------------------------------------------------------------
@@ -176,8 +231,8 @@ def _lm_sequences(meta: dict) -> list[np.ndarray]:
 
 def _packed_pass(model, meta: dict, seqs: list[np.ndarray], device):
     """Run ``seqs`` (arrays of flat positions of the batch) as plain causal documents packed
-    into rows; return the hidden states [rows*seq_len, D], the labels and, per sequence, the
-    flat index of its last token in this pass."""
+    into rows; return the hidden states [rows*seq_len, D], the labels, their flat labelled
+    positions and, per sequence, the flat index of its last token in this pass."""
     seq_len = meta["seq_len"]
     flat_ids, flat_labels, flat_pos = (meta[k].reshape(-1) for k in ("input_ids", "labels",
                                                                       "position_ids"))
@@ -203,7 +258,8 @@ def _packed_pass(model, meta: dict, seqs: list[np.ndarray], device):
             c += m
     t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     h = hidden_states(model, t(ids), t(pos), t(docs), torch.full_like(t(ids), TEXT))
-    return h.reshape(-1, h.shape[-1]), t(labels), last
+    labelled = np.flatnonzero(labels.reshape(-1) != IGNORE_INDEX)
+    return h.reshape(-1, h.shape[-1]), t(labels), t(labelled), last
 
 
 def _three_pass(model, batch: PackedBatch, weight, chunk_size, impl):
@@ -211,8 +267,9 @@ def _three_pass(model, batch: PackedBatch, weight, chunk_size, impl):
     meta = {k: getattr(batch, k).cpu().numpy() for k in ("input_ids", "position_ids", "doc_ids",
                                                          "roles", "labels")}
     meta["seq_len"] = batch.input_ids.shape[1]
-    h_lm, lm_labels, _ = _packed_pass(model, meta, _lm_sequences(meta), device)
-    lm_sum = lm_loss_sum(h_lm, lm_labels, weight, chunk_size=chunk_size, impl=impl)
+    h_lm, lm_labels, lm_index, _ = _packed_pass(model, meta, _lm_sequences(meta), device)
+    lm_sum = lm_loss_sum(h_lm, lm_labels, weight, label_index=lm_index, chunk_size=chunk_size,
+                         impl=impl)
     pred_list, target_list = batch.pred_index.tolist(), batch.target_index.tolist()
     if not pred_list:
         empty = torch.zeros(0, dtype=torch.long, device=device)
@@ -220,7 +277,7 @@ def _three_pass(model, batch: PackedBatch, weight, chunk_size, impl):
     reads = []
     for index in (pred_list, target_list):
         uniq = sorted(set(index))
-        h, _, last = _packed_pass(model, meta, [_visible(meta, q) for q in uniq], device)
+        h, _, _, last = _packed_pass(model, meta, [_visible(meta, q) for q in uniq], device)
         reads.append((h, dict(zip(uniq, last))))
     (h_pred, at_pred), (h_tgt, at_tgt) = reads
     off = h_pred.shape[0]

@@ -11,6 +11,7 @@ Contract (the objective calls :func:`cosine_loss`):
 
       cos(a, b) = <a, b> / (max(|a|, EPS) * max(|b|, EPS)),   EPS = 1e-8
 
+  (``EPS`` lives in :mod:`megajepa.ops.cosine_eps`, shared with the Triton kernels)
   so a zero row has cosine 0 and finite gradients. The gradient of ``max(|a|, EPS)`` is
   ``a / |a|`` where ``|a| >= EPS`` and 0 below (torch's ``clamp_min`` rule).
 * ``stopgrad_target=True``: nothing flows through the target side; a row that is also a pred
@@ -27,7 +28,7 @@ import os
 
 import torch
 
-EPS = 1e-8
+from megajepa.ops.cosine_eps import EPS
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:

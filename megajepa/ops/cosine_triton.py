@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from megajepa.ops.cosine import EPS
+from megajepa.ops.cosine_eps import EPS
 
 MAX_BLOCK_D = 1024
 
