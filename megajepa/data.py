@@ -1,10 +1,19 @@
-"""Training-side data: resolve the store and tokenizer a run uses, check them against the
-config, and the held-out evaluations the loop calls.
+"""Training-side data: resolve the store and tokenizer a run uses and check them against the
+config (the held-out evaluations the loop calls live in :mod:`megajepa.heldout`).
 
-With ``data.train`` empty the run uses the **embedded** NL-RX-style dataset: rank 0
-generates pairs with ``data_tools.nlrx``, trains a small SentencePiece tokenizer and
-tokenizes into a store under ``<run_dir>/embedded`` (reused on resume); the held-out split
-(disjoint regexes) is written as chat JSONL for the final generation eval.
+``data.train`` is one of::
+
+    a store (a directory with manifest.json)   used as it is
+    a chat / group / text JSONL, or .txt       preprocessed into <run_dir>/data/store by
+                                               data_tools.build.build_store (rank 0), with a
+                                               tokenizer trained there unless data.tokenizer
+    empty                                      the **embedded** NL-RX-style dataset: rank 0
+                                               generates pairs (data_tools.nlrx), trains a small
+                                               tokenizer and builds <run_dir>/embedded; its
+                                               held-out split (disjoint regexes) is the final eval
+
+All three are reused on resume. :func:`check_paths` runs before anything is written: a
+missing path is one :class:`DataError` naming the setting and the path.
 """
 from __future__ import annotations
 
@@ -13,8 +22,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import torch.distributed as dist
+
+from data_tools.errors import DataError
 
 
 @dataclass
@@ -26,10 +36,59 @@ class RunData:
     eval_store: object | None     # held-out pairs, tokenized (losses, diagnostics)
     eval_records: list | None     # held-out chat records (generation eval)
     eval_path: str | None
+    description: str = ""         # one line for the console: what the run trains on
+    system_in_plain: bool = False  # the store's plain prompts carry the system prompt (held-out evals too)
 
 
-def _embedded(cfg, run_dir: str, rank: int) -> tuple[str, str]:
-    """Generate + tokenize the embedded dataset once (rank 0); return (store, eval_jsonl)."""
+def is_store(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "manifest.json"))
+
+
+def train_store_path(cfg, run_dir: str) -> str:
+    """Where the store a run trains on lives (export and eval find its tokenizer there)."""
+    d = cfg.data
+    if d.train and is_store(d.train):
+        return d.train
+    return os.path.join(run_dir, "data", "store") if d.train else \
+        os.path.join(run_dir, "embedded", "train_store")
+
+
+def check_paths(cfg) -> None:
+    """Every path the config names exists and has the right shape (no writes, no collectives)."""
+    from data_tools.hub import is_repo_id
+
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if d.train:
+        if not os.path.exists(d.train):
+            raise DataError(f"data.train {d.train}: does not exist (give a store from python -m "
+                            "data_tools.preprocess, or a chat/group/text JSONL or .txt file)")
+        if os.path.isdir(d.train) and not is_store(d.train):
+            raise DataError(f"data.train {d.train}: a directory without manifest.json, so not a store; "
+                            "give a store (python -m data_tools.preprocess) or a JSONL/.txt file")
+    if d.eval and not os.path.isfile(d.eval):
+        raise DataError(f"data.eval {d.eval}: " + ("is a directory, expected a chat-messages JSONL file"
+                                                    if os.path.isdir(d.eval) else "does not exist"))
+    if d.tokenizer and not os.path.exists(d.tokenizer) and not is_repo_id(d.tokenizer):
+        raise DataError(f"data.tokenizer {d.tokenizer}: no such directory (a tokenizer is a local "
+                        "directory, or a Hugging Face hub name org/name)")
+    if m.init_from and not os.path.isfile(os.path.join(m.init_from, "config.json")):
+        raise DataError(f"model.init_from {m.init_from}: " + (
+            "not a Hugging Face model directory (no config.json)" if os.path.isdir(m.init_from)
+            else "does not exist (a local Hugging Face model directory)"))
+    if t.resume and t.resume != "auto" and not os.path.exists(t.resume):
+        raise DataError(f"train.resume {t.resume}: no complete checkpoint found: the path does not "
+                        "exist (give a run dir, its checkpoints/ or one step_* dir; or auto)")
+
+
+def _embedded_options(cfg) -> dict:
+    d = cfg.data
+    return dict(examples=d.embedded_examples, eval=d.embedded_eval, vocab=d.embedded_vocab,
+                seed=cfg.train.seed, k=max(8, cfg.jepa.k), template=d.template)
+
+
+def _embedded(cfg, run_dir: str, rank: int) -> tuple[str, str | None]:
+    """Generate + tokenize the embedded dataset once (rank 0); return (store, eval_jsonl or
+    None when ``data.embedded_eval`` is 0). Rebuilt when its options change."""
     from data_tools import nlrx
     from data_tools.preprocess import preprocess
     from data_tools.tokenizer import train_sentencepiece
@@ -37,8 +96,8 @@ def _embedded(cfg, run_dir: str, rank: int) -> tuple[str, str]:
     d = cfg.data
     root = os.path.join(run_dir, "embedded")
     store, eval_jsonl = os.path.join(root, "train_store"), os.path.join(root, "test.jsonl")
-    done = os.path.join(root, "READY")
-    if rank == 0 and not os.path.exists(done):
+    done, options = os.path.join(root, "READY"), _embedded_options(cfg)
+    if rank == 0 and _read_json(done) != options:
         os.makedirs(root, exist_ok=True)
         seed = cfg.train.seed
         train = nlrx.generate_pairs(d.embedded_examples, seed=seed, split="train", paraphrase=0.5)
@@ -49,23 +108,59 @@ def _embedded(cfg, run_dir: str, rank: int) -> tuple[str, str]:
                     fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
         texts = [r["description"] for r in train] + [r["regex"] for r in train]
         tok_dir = os.path.join(root, "tokenizer")
-        train_sentencepiece(texts, tok_dir, vocab_size=d.embedded_vocab, k=max(8, cfg.jepa.k))
+        train_sentencepiece(texts, tok_dir, vocab_size=d.embedded_vocab, k=options["k"])
         preprocess([os.path.join(root, "train.jsonl")], store, tokenizer=tok_dir,
                    template=d.template, overwrite=True, progress=False)
         with open(done, "w") as fh:
-            fh.write("ok\n")
+            json.dump(options, fh)
     if dist.is_initialized():
         dist.barrier()
-    return store, eval_jsonl
+    return store, eval_jsonl if d.embedded_eval > 0 else None
 
 
-def _tokenize_eval(eval_jsonl: str, tokenizer_dir: str, run_dir: str, template: str, rank: int):
+def _read_json(path: str):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _build(cfg, run_dir: str, rank: int) -> tuple[str, str]:
+    """Raw records in ``data.train`` -> ``<run_dir>/data/store`` (rank 0, then every rank
+    learns the outcome: the store, or the same error)."""
+    from data_tools.build import build_store
+
+    d = cfg.data
+    outcome = [None, None, None]  # store, description, error
+    if rank == 0:
+        try:
+            outcome[:2] = build_store(d.train, os.path.join(run_dir, "data"), tokenizer=d.tokenizer,
+                                      vocab_size=d.vocab_size, k=max(8, cfg.jepa.k),
+                                      template=d.template, max_doc_tokens=d.seq_len)
+        except Exception as e:  # noqa: BLE001 - every rank must learn it, or the others hang
+            outcome[2] = e
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        shared = list(outcome)
+        if rank == 0 and outcome[2] is not None and not isinstance(outcome[2], DataError):
+            shared[2] = RuntimeError(f"rank 0 could not build the store: {outcome[2]}")  # picklable
+        dist.broadcast_object_list(shared, src=0)
+        if rank != 0:
+            outcome = shared
+    store, description, error = outcome
+    if error is not None:
+        raise error
+    return store, description
+
+
+def _tokenize_eval(eval_jsonl: str, tokenizer_dir: str, run_dir: str, template: str, rank: int,
+                   system_in_plain: bool = False):
     from data_tools.preprocess import preprocess
 
     out = os.path.join(run_dir, "eval_store")
     if rank == 0 and not os.path.exists(os.path.join(out, "manifest.json")):
         preprocess([eval_jsonl], out, tokenizer=tokenizer_dir, template=template,
-                   overwrite=True, progress=False)
+                   system_in_plain=system_in_plain, overwrite=True, progress=False)
     if dist.is_initialized():
         dist.barrier()
     return out
@@ -76,12 +171,22 @@ def prepare(cfg, run_dir: str, *, rank: int) -> RunData:
     from data_tools.tokenizer import load_tokenizer, pred_ids
 
     d = cfg.data
-    if d.train:
-        store_path, eval_jsonl = d.train, d.eval
+    if d.train and is_store(d.train):
+        store_path, eval_jsonl, description = d.train, d.eval, None
+    elif d.train:
+        store_path, description = _build(cfg, run_dir, rank)
+        eval_jsonl = d.eval
     else:
         store_path, eval_jsonl = _embedded(cfg, run_dir, rank)
         eval_jsonl = d.eval or eval_jsonl
+        held = f"{d.embedded_eval} held out for the final eval" if d.embedded_eval else "none held out"
+        description = (f"the embedded NL-RX-style dataset: {d.embedded_examples} generated pairs, "
+                       f"{held} ({os.path.dirname(store_path)})")
     store = open_store(store_path)
+    if description is None:
+        counts = store.manifest.get("counts", {})
+        description = (f"store {store_path}: {len(store)} {store.kind} examples, "
+                       f"{counts.get('tokens', '?')} tokens")
     tok_dir = d.tokenizer or store.tokenizer_path
     tok, added = load_tokenizer(tok_dir)
     if added and not cfg.model.init_from:
@@ -90,14 +195,16 @@ def prepare(cfg, run_dir: str, *, rank: int) -> RunData:
     if tok.pad_token_id is None:
         raise ValueError(f"tokenizer {tok_dir} has no pad token")
     eval_store = eval_records = None
+    system_in_plain = bool(store.manifest.get("source", {}).get("system_in_plain", False))
     if eval_jsonl:
         if not os.path.exists(eval_jsonl):
             raise FileNotFoundError(f"data.eval {eval_jsonl}: no such file")
         from megajepa.eval.run import read_records
         eval_records = read_records(eval_jsonl, limit=cfg.train.eval_limit)
-        eval_store = open_store(_tokenize_eval(eval_jsonl, tok_dir, run_dir, d.template, rank))
+        eval_store = open_store(_tokenize_eval(eval_jsonl, tok_dir, run_dir, d.template, rank,
+                                               system_in_plain))
     return RunData(store, tok, pred_ids(tok), tok.pad_token_id, eval_store, eval_records,
-                   eval_jsonl)
+                   eval_jsonl, "data: " + description, system_in_plain=system_in_plain)
 
 
 def check_compatible(cfg, data: RunData) -> None:
@@ -113,79 +220,21 @@ def check_compatible(cfg, data: RunData) -> None:
     store = data.train_store
     # Shortest example, as packed: too-short rows would drop every example.
     costs = vector_costs(store.kind, store.view_lengths, store.example_offsets,
-                         np.full(len(store), j.lbd > 0), k=j.k, jepa_pairs=j.jepa_pairs,
-                         reverse=j.reverse)
+                         np.full(len(store), j.lbd > 0 and j.objective == "views"), k=j.k,
+                         jepa_pairs=j.jepa_pairs, reverse=j.reverse, read_at=j.read_at)
     shortest = int(costs.min()) if len(costs) else 0
     if shortest > d.seq_len:
         raise ValueError(
             f"data.seq_len={d.seq_len} is below the shortest example ({shortest} tokens packed "
             f"with k={j.k}); raise data.seq_len to at least {shortest}")
+    if j.objective == "stp":
+        from megajepa.stp import store_tube_lengths
+        tubes = store_tube_lengths(store.kind, store.view_lengths, store.example_offsets)
+        if not (tubes >= 2).any():
+            raise ValueError(f"jepa.objective=stp: every document of {store.path} is shorter than 3 "
+                             "tokens, too short for a span (shorter ones are skipped and counted in "
+                             "stp/skipped_short); give longer documents or use jepa.objective views")
     vocab = store.manifest.get("tokenizer", {}).get("vocab_size")
     if vocab and vocab > len(data.tokenizer):
         raise ValueError(f"store {store.path} was tokenized with a vocabulary of {vocab}, "
                          f"larger than the tokenizer's {len(data.tokenizer)}")
-
-
-@torch.no_grad()
-def held_out_metrics(engine, cfg, data: RunData, rank: int, world: int, device,
-                     max_batches: int = 4) -> dict:
-    """Held-out LM/JEPA losses, and Enc(Text)/Enc(Code) diagnostics (collective)."""
-    from megajepa.layout import pack
-    from megajepa.loader import PackedLoader
-    from megajepa.objective import hidden_states
-
-    j = cfg.jepa
-    loader = PackedLoader(data.eval_store, seq_len=cfg.data.seq_len,
-                          micro_batch_rows=cfg.data.micro_batch_rows, k=j.k,
-                          pred_ids=data.pred_ids, pad_id=data.pad_id, seed=0, rank=rank,
-                          world_size=world, jepa_pairs=j.jepa_pairs, reverse=j.reverse,
-                          lm_on_all=cfg.data.lm_on_all, overflow=cfg.data.overflow)
-    n = min(max_batches, loader.steps_per_epoch)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
-    text, code = [], []
-    engine.eval()
-    for _ in range(n):
-        b = next(loader)
-        loss, lm, jl, cos = engine(b, lm_denominator=1.0, jepa_denominator=1.0)
-        sums += torch.tensor([lm.item(), b.num_label_tokens, jl.item(), b.num_pairs],
-                             dtype=torch.float64, device=device)
-        # Enc(Text) and Enc(Code): the k = 0 layout reads the last text token and the code.
-        examples = [data.eval_store.example(i) for row in loader.rows_of(0, loader.cursor - 1)
-                    for i in row]
-        b0 = pack(examples, cfg.data.seq_len, k=0, pred_ids=[], pad_id=data.pad_id).to(device)
-        h = hidden_states(engine.module.lm, b0.input_ids, b0.position_ids, b0.doc_ids, b0.roles)
-        flat = h.reshape(-1, h.shape[-1]).float()
-        text.append(flat[b0.pred_index])
-        code.append(flat[b0.target_index])
-    engine.train()
-    dist.all_reduce(sums)
-    scalars = {"eval/lm_loss": (sums[0] / sums[1].clamp_min(1)).item(),
-               "eval/jepa_loss": (sums[2] / sums[3].clamp_min(1)).item()}
-    out = {"scalars": scalars}
-    if text:
-        t, c = torch.cat(text), torch.cat(code)
-        gathered = [None] * world
-        dist.all_gather_object(gathered, (t.cpu().numpy(), c.cpu().numpy()))
-        if rank == 0:
-            from megajepa.analyze import diagnostics
-            t = np.concatenate([g[0] for g in gathered])
-            c = np.concatenate([g[1] for g in gathered])
-            if len(t) >= 2:
-                out["diagnostics"] = diagnostics(t, c)
-    return out
-
-
-def final_eval(cfg, export_dir: str, data: RunData, run_dir: str) -> dict:
-    """Greedy generation on the held-out pairs with the exported model (rank 0)."""
-    from megajepa.eval import evaluate
-    from megajepa.eval.run import load_model
-
-    model, tok = load_model(export_dir)
-    task = cfg.train.eval_task
-    metrics = evaluate(model, tok, data.eval_records, task, template=cfg.data.template,
-                       max_new_tokens=cfg.train.max_new_tokens)
-    with open(os.path.join(run_dir, "final_eval.json"), "w") as fh:
-        json.dump(metrics, fh, indent=2)
-    shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-    print(f"final held-out eval ({metrics.get('n')} pairs, {task}): {shown}", flush=True)
-    return metrics

@@ -26,6 +26,28 @@ last token of the source view (``Pred`` is the identity).
 For a ``group`` every view is its own document ``[vi (TEXT) | p1..pk (PRED)]``; ``Enc(vj)`` is
 read from the last token of vj's own document, which the next-token loss runs anyway.
 
+**Where a view is read** (``read_at``). Above is ``"end"``: at the view's end token, which no
+loss supervises in document B. ``"last"`` reads the last *content* token (the one before the
+end token), as the paper's code reads Llama (index -2, before ``<|eot_id|>``), on both sides:
+``Enc(view)`` at the view's last content token, and the predictors follow the source view's
+content, not its end token (the paper's ``user <pred_k..1> <|eot_id|>``). Same pair, ``k = 2``,
+where ``t2`` and ``c2`` are the end tokens (``<sep>``, ``</s>``)::
+
+    document A                          document B
+    tokens : t0 t1 t2 c0 c1 c2 p1 p2  | c0 c1
+    roles  : T  T  A  A  A  A  P  P   | T  T         (t2: ANSWER, hidden from the predictors)
+    pos    : 0  1  2  3  4  5  2  3   | 0  1         (predictors continue after t1)
+    labels : .  .  c0 c1 c2 .  .  .   | .  .
+    JEPA   :                   ^pred  |    ^target
+
+``t2`` keeps its hidden state and its label (ANSWER sees TEXT and ANSWER); with ``k = 0`` the
+predictor read-out is ``t1``; document B drops the code's end token, which nothing reads, so
+a pair costs ``|T| + 2|C| - 1 + k``. ``reverse``: document B is ``c0 c1 [p1 p2]`` and the
+target is ``t1`` in document A. ``group``: a source view's end token becomes ANSWER in its
+own document, its predictors continue after its content, and ``Enc(vj)`` is read at vj's last
+content token. Every view of a JEPA example then needs at least 2 tokens; :func:`pack` drops
+(and counts in ``stats["too_short"]``) an example with a shorter one.
+
 Labels are stored *shifted*: ``labels[i]`` is the token to predict at position ``i`` (or
 ``IGNORE_INDEX``), so no shift ever crosses a document boundary.
 
@@ -49,6 +71,7 @@ TEXT, ANSWER, PRED = 0, 1, 2
 IGNORE_INDEX = -100
 PAD_DOC = -1
 KINDS = ("pair", "group", "lm")
+READ_AT = ("end", "last")
 JEPA_PAIRS = ("next", "all")
 OVERFLOW = ("drop", "truncate")
 
@@ -94,8 +117,10 @@ class _ExampleLayout:
 
 @dataclass
 class PackedBatch:
-    """Packed rows. Tensors are ``[rows, seq_len]`` except the JEPA indices ``[pairs]``,
-    which are flat indices into ``rows * seq_len``."""
+    """Packed rows. Tensors are ``[rows, seq_len]`` except the JEPA indices ``[pairs]`` and
+    ``label_index`` ``[label tokens]``, flat indices into ``rows * seq_len``. ``label_index``
+    (the positions whose label is not ``IGNORE_INDEX``, ascending) is built on the host with
+    the rows, so the LM loss selects its positions without reading the device."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
@@ -104,11 +129,13 @@ class PackedBatch:
     labels: torch.Tensor
     pred_index: torch.Tensor
     target_index: torch.Tensor
+    label_index: torch.Tensor
     stats: dict = field(default_factory=dict)
+    stp: object = None  # megajepa.stp.StpSpans of an STP batch (stp.attach), else None
 
     @property
     def num_label_tokens(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
+        return int(self.label_index.numel())
 
     @property
     def num_pairs(self) -> int:
@@ -119,12 +146,22 @@ class PackedBatch:
         return tuple(self.input_ids.shape)
 
     def to(self, device) -> "PackedBatch":
-        moved = {k: getattr(self, k).to(device) for k in _TENSORS}
-        return PackedBatch(**moved, stats=self.stats)
+        moved = {k: to_device(getattr(self, k), device) for k in _TENSORS}
+        stp = self.stp.to(device) if self.stp is not None else None
+        return PackedBatch(**moved, stats=self.stats, stp=stp)
 
 
 _TENSORS = ("input_ids", "position_ids", "doc_ids", "roles", "labels", "pred_index",
-            "target_index")
+            "target_index", "label_index")
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` on ``device``. A host tensor bound for CUDA goes through pinned memory and an
+    asynchronous copy (the host does not wait for it; the device stream orders its use)."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _shifted(tokens, on):
@@ -136,11 +173,30 @@ def _shifted(tokens, on):
     return out
 
 
-def _with_preds(view, pred_ids, k, labels):
-    """``[view (TEXT) | p1..pk (PRED)]``, predictor positions continuing after the view."""
+def _with_preds(view, pred_ids, k, labels, hide_end=False):
+    """``[view (TEXT) | p1..pk (PRED)]``, predictor positions continuing after the view, or,
+    with ``hide_end``, after its content (its end token becomes ANSWER, unseen by them)."""
     n = len(view)
-    return _Doc(list(view) + list(pred_ids[:k]), list(range(n)) + list(range(n, n + k)),
-                [TEXT] * n + [PRED] * k, list(labels) + [IGNORE_INDEX] * k)
+    hide = hide_end and k > 0
+    start = n - 1 if hide else n
+    roles = [TEXT] * n + [PRED] * k
+    if hide:
+        roles[n - 1] = ANSWER
+    return _Doc(list(view) + list(pred_ids[:k]), list(range(n)) + list(range(start, start + k)),
+                roles, list(labels) + [IGNORE_INDEX] * k)
+
+
+def _check_read_at(read_at):
+    if read_at not in READ_AT:
+        raise ValueError(f"read_at must be one of {READ_AT}, got {read_at!r}")
+
+
+def readable(ex: Example, read_at: str = "end") -> bool:
+    """False when ``read_at="last"`` has no content token to read in some view of a JEPA
+    example (a view of fewer than 2 tokens: its end token alone)."""
+    _check_read_at(read_at)
+    return not (read_at == "last" and ex.jepa and ex.kind != "lm"
+                and min(len(v) for v in ex.views) < 2)
 
 
 def _group_pairs(n, jepa_pairs, reverse):
@@ -154,11 +210,16 @@ def _group_pairs(n, jepa_pairs, reverse):
 
 
 def layout_example(ex: Example, *, k: int, pred_ids: Sequence[int], jepa_pairs="next",
-                   reverse=False, lm_on_all=False) -> _ExampleLayout:
+                   reverse=False, lm_on_all=False, read_at="end") -> _ExampleLayout:
     """Documents of one example and its JEPA read-outs as ``((doc, off), (doc, off))``."""
     if ex.jepa and ex.kind != "lm" and len(pred_ids) < k:
         raise ValueError(f"k={k} predictor tokens requested but only {len(pred_ids)} ids given")
+    if not readable(ex, read_at):
+        raise ValueError(f"read_at='last' reads the token before each view's end token, but a "
+                         f"view has {min(len(v) for v in ex.views)} token(s)")
     jepa = ex.jepa and ex.kind != "lm"
+    last = read_at == "last"
+    cut = 1 if last else 0  # tokens after a view's read-out (its end token with read_at=last)
     if ex.kind == "lm":
         (v,) = ex.views
         return _ExampleLayout([_Doc(list(v), list(range(len(v))), [TEXT] * len(v),
@@ -172,16 +233,19 @@ def layout_example(ex: Example, *, k: int, pred_ids: Sequence[int], jepa_pairs="
         if not jepa:
             return _ExampleLayout([_Doc(tokens, list(range(t + c)), [TEXT] * t + [ANSWER] * c,
                                         lm)], [])
-        kk = k
+        kk, tc, cc = k, t - cut, c - cut  # tc, cc: the views as read (content only if last)
         if not reverse:
-            a = _Doc(tokens + list(pred_ids[:kk]), list(range(t + c)) + list(range(t, t + kk)),
-                     [TEXT] * t + [ANSWER] * c + [PRED] * kk, lm + [IGNORE_INDEX] * kk)
-            b = _Doc(code, list(range(c)), [TEXT] * c, [IGNORE_INDEX] * c)
-            src = (0, t + c + kk - 1) if kk else (0, t - 1)
-            return _ExampleLayout([a, b], [(src, (1, c - 1))])
+            roles = [TEXT] * t + [ANSWER] * c + [PRED] * kk
+            if last and kk:
+                roles[t - 1] = ANSWER  # the predictors follow the text's content, not its end
+            a = _Doc(tokens + list(pred_ids[:kk]), list(range(t + c)) + list(range(tc, tc + kk)),
+                     roles, lm + [IGNORE_INDEX] * kk)
+            b = _Doc(code[:cc], list(range(cc)), [TEXT] * cc, [IGNORE_INDEX] * cc)
+            src = (0, t + c + kk - 1) if kk else (0, tc - 1)
+            return _ExampleLayout([a, b], [(src, (1, cc - 1))])
         a = _Doc(tokens, list(range(t + c)), [TEXT] * t + [ANSWER] * c, lm)
-        b = _with_preds(code, pred_ids, kk, [IGNORE_INDEX] * c)
-        return _ExampleLayout([a, b], [((1, c + kk - 1), (0, t - 1))])
+        b = _with_preds(code[:cc], pred_ids, kk, [IGNORE_INDEX] * cc)
+        return _ExampleLayout([a, b], [((1, cc + kk - 1), (0, tc - 1))])
     # group
     views = [list(v) for v in ex.views]
     pairs = _group_pairs(len(views), jepa_pairs, reverse) if jepa else []
@@ -189,25 +253,29 @@ def layout_example(ex: Example, *, k: int, pred_ids: Sequence[int], jepa_pairs="
     docs = []
     for i, v in enumerate(views):
         lab = _shifted(v, [True] * len(v))
-        docs.append(_with_preds(v, pred_ids, k if i in sources else 0, lab))
-    reads = [((i, len(docs[i].tokens) - 1), (j, len(views[j]) - 1)) for i, j in pairs]
+        docs.append(_with_preds(v, pred_ids, k if i in sources else 0, lab, hide_end=last))
+    src = lambda i: len(docs[i].tokens) - 1 if k else len(views[i]) - 1 - cut  # noqa: E731
+    reads = [((i, src(i)), (j, len(views[j]) - 1 - cut)) for i, j in pairs]
     return _ExampleLayout(docs, reads)
 
 
-def example_cost(ex: Example, *, k: int, jepa_pairs="next", reverse=False) -> int:
+def example_cost(ex: Example, *, k: int, jepa_pairs="next", reverse=False,
+                 read_at="end") -> int:
     """Tokens ``ex`` occupies in a packed row (see the module docstring for the layout)."""
     lengths = [len(v) for v in ex.views]
     return layout_cost(ex.kind, lengths, k=k, jepa=ex.jepa, jepa_pairs=jepa_pairs,
-                       reverse=reverse)
+                       reverse=reverse, read_at=read_at)
 
 
-def layout_cost(kind, lengths, *, k, jepa=True, jepa_pairs="next", reverse=False) -> int:
+def layout_cost(kind, lengths, *, k, jepa=True, jepa_pairs="next", reverse=False,
+                read_at="end") -> int:
     """:func:`example_cost` from view lengths alone (the loader's vectorizable form)."""
+    _check_read_at(read_at)
     total = sum(lengths)
     if not jepa or kind == "lm":
         return total
-    if kind == "pair":
-        return total + lengths[1] + k  # code appears twice (in A and alone in B)
+    if kind == "pair":  # code appears twice (in A, and alone in B without its end if last)
+        return total + lengths[1] + k - (1 if read_at == "last" else 0)
     n = len(lengths)
     n_sources = n - 1 if jepa_pairs == "next" else n
     return total + n_sources * k
@@ -251,13 +319,13 @@ def plan_rows(costs: Sequence[int], seq_len: int, *, window: int = 1024) -> list
 
 
 def truncate_to_fit(ex: Example, seq_len: int, *, k: int, jepa_pairs="next",
-                    reverse=False) -> Example | None:
+                    reverse=False, read_at="end") -> Example | None:
     """The truncation rule: repeatedly drop the token just before the end-of-sequence token
     of the currently longest view (ties: the first such view) until the example fits;
     ``None`` if a view would fall below 2 tokens first. Views keep their last token."""
     views = [list(v) for v in ex.views]
     lengths = [len(v) for v in views]
-    kw = dict(k=k, jepa=ex.jepa, jepa_pairs=jepa_pairs, reverse=reverse)
+    kw = dict(k=k, jepa=ex.jepa, jepa_pairs=jepa_pairs, reverse=reverse, read_at=read_at)
     while layout_cost(ex.kind, lengths, **kw) > seq_len:
         i = int(np.argmax(lengths))
         if lengths[i] <= 2:
@@ -271,25 +339,29 @@ def pack(examples: Sequence[Example], seq_len: int, *, k: int, pred_ids: Sequenc
          pad_id: int, jepa_pairs: str = "next", reverse: bool = False,
          lm_on_all: bool = False, overflow: str = "drop", window: int = 1024,
          rows: Sequence[Sequence[int]] | None = None,
-         min_rows: int = 0) -> PackedBatch:
+         min_rows: int = 0, read_at: str = "end") -> PackedBatch:
     """Pack whole examples into rows of ``seq_len`` tokens (see the module docstring).
 
     ``overflow`` says what happens to an example longer than a row: ``"drop"`` (counted in
     ``stats["dropped"]``) or ``"truncate"`` (:func:`truncate_to_fit`, counted in
-    ``stats["truncated"]``; dropped if even that cannot fit). ``rows`` is an optional
-    precomputed plan (lists of indices into ``examples``); ``min_rows`` pads the batch with
-    empty rows so data-parallel ranks can agree on a shape.
+    ``stats["truncated"]``; dropped if even that cannot fit). An example that ``read_at``
+    cannot read (:func:`readable`) is dropped, counted in ``stats["too_short"]``. ``rows``
+    is an optional precomputed plan (lists of indices into ``examples``); ``min_rows`` pads
+    the batch with empty rows so data-parallel ranks can agree on a shape.
     """
     if overflow not in OVERFLOW:
         raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    kw = dict(k=k, jepa_pairs=jepa_pairs, reverse=reverse)
+    kw = dict(k=k, jepa_pairs=jepa_pairs, reverse=reverse, read_at=read_at)
     examples = list(examples)
-    dropped = truncated = 0
+    dropped = truncated = too_short = 0
     fitted: list[Example | None] = []
     for ex in examples:
-        if example_cost(ex, **kw) <= seq_len:
+        if not readable(ex, read_at):
+            fitted.append(None)
+            too_short += 1
+        elif example_cost(ex, **kw) <= seq_len:
             fitted.append(ex)
         elif overflow == "truncate" and (cut := truncate_to_fit(ex, seq_len, **kw)) is not None:
             fitted.append(cut)
@@ -335,13 +407,15 @@ def pack(examples: Sequence[Example], seq_len: int, *, k: int, pred_ids: Sequenc
                 target_index.append(starts[td] + to)
         real += cursor
     capacity = n_rows * seq_len
-    stats = dict(examples=len(examples), dropped=dropped, truncated=truncated, rows=n_rows,
+    stats = dict(examples=len(examples), dropped=dropped, truncated=truncated,
+                 too_short=too_short, rows=n_rows,
                  real_tokens=real, capacity=capacity,
                  efficiency=(real / capacity) if capacity else 0.0)
     t = lambda a: torch.from_numpy(a)  # noqa: E731
     return PackedBatch(t(input_ids), t(position_ids), t(doc_ids), t(roles), t(labels),
                        torch.tensor(pred_index, dtype=torch.long),
-                       torch.tensor(target_index, dtype=torch.long), stats)
+                       torch.tensor(target_index, dtype=torch.long),
+                       t(np.flatnonzero(labels.reshape(-1) != IGNORE_INDEX)), stats=stats)
 
 
 def sample_jepa(examples: Sequence[Example], ratio: float, rng: random.Random) -> list[Example]:

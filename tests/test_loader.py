@@ -142,3 +142,33 @@ def test_round_trip_text_store_rows_text(tmp_path):
             got.append((text, code))
     assert ld.epoch_stats["tail_rows"] == 0
     assert sorted(got) == sorted((p["description"], p["regex"]) for p in pairs)
+
+
+def test_jepa_dropout_is_redrawn_every_epoch_and_deterministic(tmp_path):
+    """jepa_ratio: each epoch draws new coin flips (seeded by (seed, epoch)), a fresh loader
+    draws the same ones, and the packed batches carry exactly the drawn JEPA pairs."""
+    st = make_store(tmp_path / "s", "pair", 200)
+    a = loader(st, jepa_ratio=0.5)
+    flips = [a.plan(e).jepa.copy() for e in range(3)]
+    assert all(0.3 < f.mean() < 0.7 for f in flips)
+    # Different examples carry JEPA in each epoch (equal draws would be a 2^-200 accident).
+    assert not np.array_equal(flips[0], flips[1]) and not np.array_equal(flips[1], flips[2])
+    b = loader(st, jepa_ratio=0.5)
+    assert all(np.array_equal(b.plan(e).jepa, flips[e]) for e in (2, 0, 1))
+    assert not np.array_equal(loader(st, jepa_ratio=0.5, seed=6).plan(0).jepa, flips[0])
+    # What the batches carry: one pair per JEPA example of its rows, epoch by epoch.
+    for _ in range(a.steps_per_epoch + 2):  # into epoch 1
+        batch = next(a)
+        e, s = batch.stats["epoch"], batch.stats["step_in_epoch"]
+        assert batch.num_pairs == sum(int(flips[e][i]) for r in a.rows_of(e, s) for i in r)
+    assert a.epoch == 1
+
+
+def test_lm_on_all_reaches_the_packed_labels(tmp_path):
+    """data.lm_on_all travels through the loader: a pair's text is labelled too."""
+    st = make_store(tmp_path / "s", "pair", 40)
+    on, off = loader(st, lm_on_all=True), loader(st)
+    rows = on.rows_of(0, 0)
+    b_on, b_off = next(on), next(off)
+    texts = [st.example(i).views[0] for r in rows for i in r]
+    assert b_on.num_label_tokens == b_off.num_label_tokens + sum(len(t) - 1 for t in texts)
