@@ -8,9 +8,13 @@ Layout under ``<run_dir>/checkpoints``::
         COMPLETE              written last, by rank 0, after every rank has finished
     latest                    name of the newest COMPLETE tag, replaced atomically
 
-A save interrupted at any point leaves ``latest`` on the previous complete tag and the
-partial directory without ``COMPLETE``; :func:`find_latest` never returns such a tag, and the
-next successful save removes it. Old complete tags beyond ``keep`` are pruned.
+A tag is ``step_`` and the step's digits, at least 8 (``step_100000000`` past 1e8); tags are
+ordered by their step, never by their text. ``latest`` is only followed when it holds such a
+plain name (a path such as ``../other/step_00000100`` is damage, like a missing file).
+
+A save interrupted at any point leaves ``latest`` on the previous complete tag and the partial
+directory without ``COMPLETE``; :func:`find_latest` never returns such a tag, and the next
+successful save removes it. Old complete tags beyond ``keep`` are pruned.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import torch.distributed as dist
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
-_TAG = re.compile(r"^step_(\d{8})$")
+_TAG = re.compile(r"step_(\d+)")  # fullmatch: a plain name, no path, no newline
 
 
 def tag_for(step: int) -> str:
@@ -68,22 +72,27 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _step_order(tag: str) -> tuple[int, str]:
+    return int(_TAG.fullmatch(tag).group(1)), tag
+
+
 def complete_tags(root: str) -> list[str]:
+    """Complete tags under ``root``, oldest step first."""
     if not os.path.isdir(root):
         return []
     tags = [t for t in os.listdir(root)
-            if _TAG.match(t) and os.path.exists(os.path.join(root, t, COMPLETE))]
-    return sorted(tags)
+            if _TAG.fullmatch(t) and os.path.exists(os.path.join(root, t, COMPLETE))]
+    return sorted(tags, key=_step_order)
 
 
 def find_latest(root: str) -> str | None:
-    """The newest complete tag: ``latest`` if it names a complete one, else a scan."""
+    """The newest complete tag: ``latest`` if it names a complete tag of ``root``, else a scan."""
     try:
         with open(os.path.join(root, LATEST)) as fh:
             tag = fh.read().strip()
-        if os.path.exists(os.path.join(root, tag, COMPLETE)):
+        if _TAG.fullmatch(tag) and os.path.exists(os.path.join(root, tag, COMPLETE)):
             return tag
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         pass
     tags = complete_tags(root)
     return tags[-1] if tags else None
@@ -92,7 +101,7 @@ def find_latest(root: str) -> str | None:
 def resolve_checkpoint(path: str) -> tuple[str, str]:
     """``(root, tag)`` from a run dir, a checkpoints dir or a ``step_*`` dir."""
     path = os.path.abspath(path.rstrip("/"))
-    if _TAG.match(os.path.basename(path)):
+    if _TAG.fullmatch(os.path.basename(path)):
         if not os.path.exists(os.path.join(path, COMPLETE)):
             raise FileNotFoundError(f"checkpoint {path} is incomplete (no {COMPLETE} marker): "
                                     "its save was interrupted; use an earlier step")
@@ -116,7 +125,6 @@ def save(engine, root: str, step: int, client: dict, config_yaml: str, *, keep: 
     _barrier()
     engine.save_checkpoint(root, tag=tag, save_latest=False)
     torch.save({**client, "rng": rng_state()}, os.path.join(path, f"client_rank{rank}.pt"))
-    _fault_point("after_shards", step)
     _barrier()
     if rank == 0:
         _atomic_write(os.path.join(path, "config.yaml"), config_yaml)
@@ -132,7 +140,7 @@ def _prune(root: str, keep: int) -> None:
     newest = tags[-1] if tags else None
     for t in os.listdir(root):
         full = os.path.join(root, t)
-        if _TAG.match(t) and t != newest and not os.path.exists(os.path.join(full, COMPLETE)):
+        if _TAG.fullmatch(t) and t != newest and not os.path.exists(os.path.join(full, COMPLETE)):
             shutil.rmtree(full, ignore_errors=True)  # leftovers of interrupted saves
     for t in tags[:-keep] if keep > 0 else []:
         shutil.rmtree(os.path.join(root, t), ignore_errors=True)
@@ -155,9 +163,3 @@ def load(engine, root: str, tag: str, *, rank: int = 0) -> dict:
     set_rng_state(client.pop("rng"))
     return client
 
-
-def _fault_point(name: str, step: int) -> None:
-    """Fault injection for the crash-safety tests: ``MEGAJEPA_FAULT=<name>:<step>`` kills the
-    process here, as a power cut would, in the middle of that step's save."""
-    if os.environ.get("MEGAJEPA_FAULT") == f"{name}:{step}":
-        os._exit(137)

@@ -12,8 +12,11 @@ how to fix them; the data-dependent checks (``k`` against the tokenizer's predic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -26,27 +29,41 @@ def _f(default, help, **kw):
 
 @dataclass
 class ModelConfig:
-    preset: str = _f("tiny", "model shape for random init: tiny, small, 125m, llama-3.2-1b, "
+    preset: str = _f("tiny", "model shape for random init: tiny, mini, small, 125m, llama-3.2-1b, "
                               "llama-3.2-3b, llama-3.1-8b")
     init_from: str | None = _f(None, "local Hugging Face checkpoint to fine-tune (overrides preset)")
     attn: str = _f("auto", "attention backend: auto (flex_attention on CUDA, sdpa on CPU), "
                            "sdpa, flex_attention, eager")
+    compile: str = _f("auto", "torch.compile: auto (layers on CUDA unless ZeRO-3, off on CPU), "
+                              "off, layers (each decoder layer, one shared graph), model (the "
+                              "whole decoder)")
+    liger: str = _f("auto", "liger-kernel fused RMSNorm, RoPE, SwiGLU: auto (on CUDA when "
+                            "installed and nothing is compiled), on, off")
+    checkpointing: bool = _f(False, "activation checkpointing of each decoder layer (less "
+                                    "memory, one more forward)")
 
 
 @dataclass
 class DataConfig:
-    train: str | None = _f(None, "tokenized store (python -m data_tools.preprocess); "
-                                 "empty = the embedded NL-RX-style dataset")
+    train: str | None = _f(None, "tokenized store (python -m data_tools.preprocess), or a "
+                                 "chat/group/text JSONL or .txt file, preprocessed into "
+                                 "<run_dir>/data; empty = the embedded NL-RX-style dataset")
     eval: str | None = _f(None, "held-out chat-messages JSONL for the final generation eval; "
                                 "empty = embedded test split (or none for a custom store)")
-    tokenizer: str | None = _f(None, "tokenizer directory; empty = the store's tokenizer")
+    tokenizer: str | None = _f(None, "tokenizer directory; empty = the store's tokenizer (for a "
+                                     "JSONL/.txt data.train: one trained on it in <run_dir>/data)")
+    vocab_size: int = _f(8000, "SentencePiece vocabulary trained for a JSONL/.txt data.train "
+                               "when data.tokenizer is empty")
     seq_len: int = _f(256, "tokens per packed row")
     micro_batch_rows: int = _f(8, "packed rows per micro-batch per rank")
+    micro_batch_examples: int = _f(0, "examples per micro-batch per rank, packed into as many "
+                                      "rows as they need (0 = budget by data.micro_batch_rows); "
+                                      "arms of a comparison then see the same examples per step")
     overflow: str = _f("drop", "examples longer than a row: drop or truncate")
     window: int = _f(1024, "best-fit packing window (examples)")
     lm_on_all: bool = _f(False, "pair examples: next-token loss on the text too, not only the code")
     embedded_examples: int = _f(6000, "embedded dataset: training pairs to generate")
-    embedded_eval: int = _f(200, "embedded dataset: held-out pairs for the final eval")
+    embedded_eval: int = _f(200, "embedded dataset: held-out pairs for the final eval (0 = none)")
     embedded_vocab: int = _f(512, "embedded dataset: SentencePiece vocabulary size")
     template: str = _f("plain", "pair prompt template: plain (text <sep> code </s>) or chat")
 
@@ -54,6 +71,9 @@ class DataConfig:
 @dataclass
 class JepaConfig:
     k: int = _f(1, "k: number of predictor tokens <pred_1..k> appended to the text (0 = identity)")
+    read_at: str = _f("end", "where Enc(view) is read: end (the view's end token) or last (its "
+                             "last content token, as the paper's code reads Llama; predictors then "
+                             "follow the content)")
     lbd: float = _f(1.0, "lambda: weight of the JEPA loss (0 = next-token only)")
     gamma: float = _f(1.0, "gamma: weight of the next-token loss")
     distance: str = _f("cosine", "JEPA distance: cosine (1 - cos), l2, mse, infonce")
@@ -64,13 +84,35 @@ class JepaConfig:
     jepa_pairs: str = _f("next", "group examples: pairs vi->v(i+1) (next) or every i!=j (all)")
     mode: str = _f("single_pass", "single_pass (packed, one forward) or three_pass (paper's oracle)")
     kernels: str = _f("auto", "loss kernels: auto (Triton/liger where they run) or reference")
+    sigreg: float = _f(0.0, "SIGReg weight: LeJEPA's anti-collapse regularizer on the JEPA "
+                            "read-outs of the global micro-batch (0 = off)")
+    sigreg_on: str = _f("both", "SIGReg acts on: both read-outs, pred (the Pred side) or target")
+    sigreg_head: int = _f(0, "SIGReg after a learned linear projection to this many dimensions "
+                             "(0 = on the read-outs themselves)")
+    sigreg_slices: int = _f(256, "SIGReg random unit directions per step")
+    sigreg_points: int = _f(17, "SIGReg quadrature points on t in [0, 3]")
     ce_chunk_size: int = _f(4096, "rows per chunk of the fused linear cross-entropy")
+    objective: str = _f("views", "JEPA objective: views (LLM-JEPA, Pred(Enc(Text)) -> Enc(Code) "
+                                 "between two views of an example) or stp (Semantic Tube "
+                                 "Prediction: random spans of every document, any text, zero "
+                                 "extra tokens; see megajepa/stp.py)")
+    stp_spans: int = _f(1, "STP: spans drawn per document per step")
+    stp_sampler: str = _f("start", "STP span sampler: start (start uniform, then the end uniform "
+                                   "after it; the reference's default) or uniform (uniform over "
+                                   "all spans)")
+    stp_max_len: int = _f(0, "STP: longest span in tokens (0 = no limit)")
+    stp_weighting: str = _f("none", "STP weight of each span by its and the rest's lengths: none, "
+                                    "cosine_like, jaccard_like")
+    stp_predictor: bool = _f(False, "STP: a learned linear D x D predictor on the rest embedding "
+                                    "(checkpointed with the model, not exported)")
 
 
 @dataclass
 class OptimConfig:
     lr: float = _f(1e-3, "peak learning rate")
-    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak (cosine decay)")
+    schedule: str = _f("cosine", "decay after warm-up: cosine or linear (linear, warmup_steps 0, "
+                                 "min_lr_ratio 0 is Hugging Face Trainer's default)")
+    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak (end of the decay)")
     warmup_steps: int = _f(-1, "linear warmup steps (-1 = 10% of train.steps, at most 1000)")
     weight_decay: float = _f(0.1, "AdamW weight decay")
     beta1: float = _f(0.9, "AdamW beta1")
@@ -83,10 +125,14 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = _f(1000, "optimizer steps")
+    epochs: int = _f(0, "epoch budget: passes over the training data, steps derived from the data "
+                        "(0 = off: train.steps; give one of the two)")
     seed: int = _f(0, "seed for init, data order and JEPA dropout")
     run_dir: str = _f("runs/default", "where logs, checkpoints and the export go")
-    ds_config: str = _f("ds_configs/zero1.json", "DeepSpeed JSON (ZeRO stage etc.); the run config "
-                                                 "fills batch sizes, clipping and precision")
+    ds_config: str = _f("auto", "DeepSpeed JSON (ZeRO stage etc.) or auto (zero1 where the model "
+                                "states fit in 70% of GPU memory, else zero2, zero3, "
+                                "zero3_offload; zero1 on CPU); the run config fills batch sizes, "
+                                "clipping and precision")
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), bf16, fp32")
     log_every: int = _f(10, "steps between logged metrics")
     save_every: int = _f(100, "steps between checkpoints (a final one is always written)")
@@ -127,10 +173,18 @@ ALIASES = {
 }
 CHOICES = {
     "model.attn": ("auto", "sdpa", "flex_attention", "eager"),
+    "model.compile": ("auto", "off", "layers", "model"),
+    "model.liger": ("auto", "on", "off"),
     "data.overflow": ("drop", "truncate"),
     "data.template": ("plain", "chat"),
     "jepa.distance": ("cosine", "l2", "mse", "infonce"),
     "jepa.jepa_pairs": ("next", "all"),
+    "jepa.read_at": ("end", "last"),
+    "jepa.sigreg_on": ("both", "pred", "target"),
+    "jepa.objective": ("views", "stp"),
+    "jepa.stp_sampler": ("start", "uniform"),
+    "jepa.stp_weighting": ("none", "cosine_like", "jaccard_like"),
+    "optim.schedule": ("cosine", "linear"),
     "jepa.mode": ("single_pass", "three_pass"),
     "jepa.kernels": ("auto", "reference"),
     "train.precision": ("auto", "bf16", "fp32"),
@@ -165,8 +219,15 @@ def _types(section_obj) -> dict:
     return get_type_hints(type(section_obj))
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line (``pretrain.py: error: ...``, exit 2), not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pretrain.py",
         description="LLM-JEPA pretraining: gamma * next-token CE + lambda * JEPA distance, one "
                     "forward pass over packed sequences, DeepSpeed ZeRO. With no flags: a tiny "
@@ -194,17 +255,45 @@ def _apply(cfg: Config, key: str, value: Any, source: str) -> None:
     sec = getattr(cfg, section, None)
     if sec is None or name not in {f.name for f in dataclasses.fields(sec)}:
         raise ValueError(f"{source}: unknown setting {key!r}")
-    tp = _types(sec)[name]
-    if value is not None and tp in (int, float, bool) and not isinstance(value, tp):
-        if tp is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif tp is bool and isinstance(value, str):
-            value = _parse_bool(value)
-        else:
-            raise ValueError(f"{source}: {key} must be {tp.__name__}, got {value!r}")
+    value = _coerce(_types(sec)[name], value, key, source)
     if key in CHOICES and value not in CHOICES[key]:
         raise ValueError(f"{source}: {key} must be one of {CHOICES[key]}, got {value!r}")
     setattr(sec, name, value)
+
+
+def _coerce(tp, value, key: str, source: str):
+    """``value`` as the field's type, or a ValueError naming ``source`` and ``key``. Numbers
+    written as strings are taken (PyYAML reads ``1e-3`` as a string: YAML 1.1 wants ``1.0e-3``);
+    a boolean is not a number; only the ``X | None`` fields take null."""
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), tp) if args else tp
+    if value is None:
+        if optional:
+            return None
+    elif base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            with contextlib.suppress(argparse.ArgumentTypeError):
+                return _parse_bool(value)
+    elif base in (int, float):
+        if isinstance(value, bool):
+            pass
+        elif isinstance(value, (int, float)) and (base is float or isinstance(value, int)):
+            return base(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return base(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # run_dir: 2024, preset: 125 -> the text the user wrote
+    else:
+        return value
+    name = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(base, base.__name__)
+    raise ValueError(f"{source}: {key} must be {name}{' or null' if optional else ''}, got {value!r}")
 
 
 def load(argv=None) -> Config:
@@ -213,6 +302,8 @@ def load(argv=None) -> Config:
     cfg = Config()
     path = args.pop("config", None)
     args.pop("local_rank", None)
+    explicit = set(args)  # what the user gave: every flag, and YAML values off their defaults
+    defaults = Config()
     if path:
         try:
             with open(path) as fh:
@@ -220,7 +311,10 @@ def load(argv=None) -> Config:
         except FileNotFoundError:
             raise ValueError(f"--config {path}: no such file") from None
         except yaml.YAMLError as e:
-            raise ValueError(f"--config {path}: invalid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+            what = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise ValueError(f"{where}: invalid YAML: {what}") from None
         if not isinstance(data, dict):
             raise ValueError(f"--config {path}: expected a mapping of sections")
         for section, values in data.items():
@@ -228,9 +322,18 @@ def load(argv=None) -> Config:
                 raise ValueError(f"{path}: section {section!r} must be a mapping")
             for name, value in values.items():
                 _apply(cfg, f"{section}.{name}", value, path)
+                if getattr(getattr(cfg, section), name) != getattr(getattr(defaults, section), name):
+                    explicit.add(f"{section}.{name}")
+    from_file = explicit - set(args)  # set in the YAML and not overridden by a flag
     for key, value in args.items():
         _apply(cfg, key, value, "command line")
-    validate(cfg)
+    try:
+        validate(cfg, explicit=explicit)
+    except ValueError as e:
+        named = [k for k in sorted(from_file) if re.search(rf"\b{re.escape(k)}\b", str(e))]
+        if named:  # say where the offending values came from
+            raise ValueError(f"{e} ({', '.join(named)} set in {path})") from None
+        raise
     return cfg
 
 
@@ -242,8 +345,11 @@ def from_dict(data: dict) -> Config:
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Impossible settings, caught before any work."""
+def validate(cfg: Config, explicit=frozenset()) -> None:
+    """Impossible settings, caught before any work. ``explicit``: the keys the user gave
+    (``load`` passes every flag and the YAML values that differ from the defaults, so a saved
+    ``config.yaml`` loads again), for the rules about what was asked rather than what resulted:
+    ``--train.epochs 0``, and ``train.steps`` given together with ``train.epochs``."""
     from megajepa.model import PRESETS
 
     m, d, j, o, t = cfg.model, cfg.data, cfg.jepa, cfg.optim, cfg.train
@@ -267,19 +373,69 @@ def validate(cfg: Config) -> None:
         errors.append("jepa.temperature must be > 0")
     if t.steps < 1:
         errors.append("train.steps must be >= 1")
+    if t.epochs < 0 or (t.epochs == 0 and "train.epochs" in explicit):
+        errors.append(f"train.epochs={t.epochs}: an epoch budget needs at least 1 epoch "
+                      "(leave train.epochs out to budget by train.steps)")
+    if t.epochs > 0 and "train.steps" in explicit:
+        errors.append(f"train.steps={t.steps} and train.epochs={t.epochs} are both given: an "
+                      "epoch budget derives the steps from the data; give only one")
+    if d.micro_batch_examples < 0:
+        errors.append(f"data.micro_batch_examples={d.micro_batch_examples} must be >= 0 "
+                      "(0 = budget by data.micro_batch_rows)")
+    if j.sigreg < 0:
+        errors.append(f"jepa.sigreg={j.sigreg} must be >= 0 (0 = off)")
+    if j.sigreg > 0 and j.lbd == 0:
+        errors.append("jepa.sigreg acts on the JEPA read-outs, which jepa.lbd=0 does not build; "
+                      "set jepa.lbd > 0 or jepa.sigreg 0")
+    if j.sigreg > 0 and j.mode != "single_pass":
+        errors.append("jepa.sigreg reads the single pass's hidden states; use jepa.mode single_pass")
+    if j.sigreg_slices < 1 or j.sigreg_points < 2 or j.sigreg_head < 0:
+        errors.append("jepa.sigreg_slices must be >= 1, jepa.sigreg_points >= 2 and "
+                      "jepa.sigreg_head >= 0")
+    if j.objective == "stp":
+        errors.extend(_stp_errors(j))
     if o.lr <= 0 or not 0 <= o.min_lr_ratio <= 1:
         errors.append("optim.lr must be > 0 and optim.min_lr_ratio in [0, 1]")
-    if o.warmup_steps < -1 or o.warmup_steps > t.steps:
+    if o.warmup_steps < -1 or (o.warmup_steps > t.steps and t.epochs == 0):
         errors.append(f"optim.warmup_steps={o.warmup_steps} must be in [0, train.steps={t.steps}]")
     if t.save_every < 1 or t.log_every < 1:
         errors.append("train.save_every and train.log_every must be >= 1")
+    if len(errors) == 1:
+        raise ValueError(f"invalid configuration: {errors[0]}")  # one error, one line
     if errors:
         raise ValueError("invalid configuration:\n  - " + "\n  - ".join(errors))
 
 
-def warmup_steps(cfg: Config) -> int:
-    w = cfg.optim.warmup_steps
-    return min(1000, cfg.train.steps // 10) if w == -1 else w
+def stp_spec(j: JepaConfig):
+    """The :class:`megajepa.stp.StpSpec` of ``jepa.stp_*`` (``stp_max_len`` 0 = no limit)."""
+    from megajepa.stp import StpSpec
+
+    return StpSpec(spans=j.stp_spans, sampler=j.stp_sampler, max_len=j.stp_max_len or None,
+                   weighting=j.stp_weighting, predictor=j.stp_predictor)
+
+
+def _stp_errors(j: JepaConfig) -> list:
+    """What ``jepa.objective=stp`` cannot run with (STP reads the spans of the next-token
+    rows in the single pass, with the cosine distance and gradients into both sides)."""
+    errors = []
+    if j.stp_spans < 1:
+        errors.append(f"jepa.stp_spans={j.stp_spans} must be >= 1 (spans per document)")
+    if j.stp_max_len < 0:
+        errors.append(f"jepa.stp_max_len={j.stp_max_len} must be >= 0 (0 = no limit)")
+    if not errors:
+        try:
+            stp_spec(j)
+        except ValueError as e:
+            errors.append(f"jepa.objective=stp: {e}")
+    refused = [("jepa.mode", j.mode, "single_pass", "STP reads the single pass's hidden states"),
+               ("jepa.distance", j.distance, "cosine", "the STP loss is 1 - cos"),
+               ("jepa.stopgrad_target", j.stopgrad_target, False, "STP has no target view"),
+               ("jepa.jepa_ratio", j.jepa_ratio, 1.0, "STP runs on every document"),
+               ("jepa.sigreg", j.sigreg, 0.0, "SIGReg acts on the read-outs of views")]
+    for key, value, needed, why in refused:
+        if value != needed:
+            errors.append(f"jepa.objective=stp needs {key}={needed}, got {value}: {why}")
+    return errors
 
 
 def describe(cfg: Config) -> str:

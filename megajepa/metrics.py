@@ -7,17 +7,24 @@ FLOPs of one step (forward + backward = 3x forward, matmuls at 2 FLOPs per MAC):
   + 12 * L * H * d_head * attended_pairs            QK^T and AV over *unmasked* (q, kv) pairs
 
 ``attended_pairs`` counts exactly the pairs the attention rule allows, from the packed
-metadata in O(rows * seq_len) (no S x S mask). MFU = achieved FLOP/s / device peak.
+metadata in O(rows * seq_len) on the host (no S x S mask); the loader stores it in each
+batch's ``stats``. MFU = achieved FLOP/s / device peak.
+
+``metrics.jsonl`` is strict JSON: a non-finite value (a skipped step's NaN loss or infinite
+gradient norm) is written as ``null``; TensorBoard gets the value itself under the same tag.
 """
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import time
 
+import numpy as np
 import torch
 
-from megajepa.layout import PAD_DOC, TEXT
+from megajepa.layout import ANSWER, PAD_DOC, PRED, TEXT
 
 # Dense bf16 peak TFLOP/s of common accelerators (no sparsity).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -34,31 +41,36 @@ def device_peak_tflops(override: float = 0.0) -> float:
     return 0.0
 
 
-def attended_pairs(doc_ids: torch.Tensor, roles: torch.Tensor) -> int:
+def attended_pairs(doc_ids, roles) -> int:
     """Number of (q, kv) pairs the attention rule allows, excluding padding.
 
     For a query q: (TEXT tokens at or before q in its document) + (tokens of q's own role at or
-    before q, when that role is not TEXT): a running count per document and role."""
+    before q, when that role is not TEXT): running counts per document and role, vectorized
+    with numpy over the whole ``[rows, seq_len]`` batch (host arrays; tensors are copied to
+    the host). The loader calls it where it builds each batch, so the loop never walks rows.
+    """
+    d = _host(doc_ids).astype(np.int64)
+    ro = _host(roles).reshape(-1)
+    rows = d.shape[0]
+    real = (d != PAD_DOC).reshape(-1)
+    if not real.any():
+        return 0
+    key = (d + 1 + np.arange(rows)[:, None] * (int(d.max()) + 2)).reshape(-1)  # unique per row
+    new = np.ones(key.shape, dtype=bool)
+    new[1:] = key[1:] != key[:-1]
+    starts = np.flatnonzero(new)
+    seg = np.cumsum(new) - 1
     total = 0
-    real = doc_ids != PAD_DOC
-    for r in range(doc_ids.shape[0]):
-        d, ro, ok = doc_ids[r], roles[r], real[r]
-        if not ok.any():
-            continue
-        new_doc = torch.ones_like(d, dtype=torch.bool)
-        new_doc[1:] = d[1:] != d[:-1]
-        start = torch.cummax(torch.where(new_doc, torch.arange(len(d), device=d.device), 0), 0).values
-        count = torch.zeros(len(d), dtype=torch.long, device=d.device)
-        for role in range(3):
-            is_r = (ro == role).long()
-            cum = torch.cumsum(is_r, 0)
-            within = cum - (cum[start] - is_r[start])  # running count inside the document
-            if role == TEXT:
-                count += within
-            else:
-                count += torch.where(ro == role, within, 0)
-        total += int(count[ok].sum())
+    for role in (TEXT, ANSWER, PRED):
+        is_r = (ro == role).astype(np.int64)
+        cum = np.cumsum(is_r)
+        within = cum - (cum - is_r)[starts][seg]  # running count inside the document
+        total += int(within[real].sum() if role == TEXT else within[real & (ro == role)].sum())
     return total
+
+
+def _host(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
 class FlopCounter:
@@ -87,6 +99,13 @@ def peak_memory_gb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     except Exception:  # noqa: BLE001
         return 0.0
+
+
+def _finite_or_none(value):
+    """``None`` for NaN and +-inf (JSON has no such numbers), the value otherwise."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
+        return None
+    return value
 
 
 class MetricsLogger:
@@ -123,9 +142,9 @@ class MetricsLogger:
         for k, v in scalars.items():
             if isinstance(v, (int, float)):
                 self.writer.add_scalar(k, v, step)
-        clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in scalars.items()}
+        clean = {k: _finite_or_none(v) for k, v in scalars.items()}
         with open(self.path, "a") as fh:
-            fh.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+            fh.write(json.dumps({"step": step, "time": time.time(), **clean}, allow_nan=False) + "\n")
 
     def close(self) -> None:
         if self.writer:

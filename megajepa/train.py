@@ -1,31 +1,54 @@
-"""The training loop over the DeepSpeed engine (no HF Trainer).
+"""The training loop over the DeepSpeed engine (no HF Trainer), read top to bottom in
+:func:`train`::
 
-    setup: config -> data (store, tokenizer) -> model (under zero.Init for ZeRO-3) -> engine
-    for step:  micro-batches -> global counts -> forward -> backward -> step -> log -> save/eval
-    end:       checkpoint -> export (HF folder) -> held-out generation eval
+    run = setup(cfg)   config -> data (store, tokenizer) -> model (zero.Init for ZeRO-3) -> engine -> resume
+    for step:          micro-batches -> forward -> backward -> step -> [read: log, checks] -> eval/save
+    finish(...)        export (HF folder) -> held-out generation eval
 
 Losses are normalized by global counts: DeepSpeed divides each micro-batch loss by the
 accumulation steps and averages gradients over ranks, so each micro-batch's sums are divided
 by ``global_count / (grad_accum * world_size)``; the resulting gradient is the global sum
 over label tokens (JEPA pairs) divided by their global count, however the batch is split.
+
+Host reads. Between *read points* the loop never waits for the device: the loader counts
+tokens, labels, pairs and attended pairs on the host where it builds each batch; a step's
+global label/pair counts are all-reduced as a device tensor and passed to the objective as
+denominators; losses, cosine and a non-finite flag are summed on the device (:class:`Tally`).
+A read point (every ``train.log_every`` steps, and before every save, held-out eval and the
+end) all-reduces one tensor and reads it once. A single process also reads when a signal
+arrives; with several ranks the signal is agreed on at the next read point.
+
+Non-finite losses (reported with the step, never silently trained on):
+
+* ``skip``: the ZeRO optimizer finds the non-finite gradient and drops the update before it
+  is applied. That decision is DeepSpeed's own host read of its overflow flag, once per
+  optimizer step (the host must know before it updates the weights); the loop adds none.
+* ``stop``: needs no read per step. A non-finite step may reach the weights in memory, but
+  every save, eval and export comes after a read point, which raises :class:`NonFiniteLoss`
+  (exit 3) naming the first non-finite step: nothing it touched is written, evaluated or
+  exported, and the last good checkpoint stays for ``--resume``. The price is at most
+  ``log_every - 1`` wasted steps.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
+import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from megajepa import checkpoint, config as config_mod, objective
+from megajepa import checkpoint, config as config_mod, console, objective, schedule, stp
 from megajepa.ds_config import offloads_optimizer, resolve as resolve_ds, zero_stage
-from megajepa.metrics import FlopCounter, MetricsLogger, attended_pairs, device_peak_tflops, peak_memory_gb
+from megajepa.loader import budget_steps
+from megajepa.metrics import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
+from megajepa.sigreg import ProjectionHead, jepa_sigreg
 
 log = logging.getLogger("megajepa")
 
@@ -39,27 +62,282 @@ class JepaModule(nn.Module):
     the LM-head weight used by the fused loss head (registered as an external parameter
     under ZeRO-3, where it would otherwise stay partitioned outside ``lm_head.forward``)."""
 
-    def __init__(self, lm, jepa: config_mod.JepaConfig):
+    def __init__(self, lm, jepa: config_mod.JepaConfig, stp_predictor: nn.Module | None = None,
+                 sigreg_head: nn.Module | None = None, seed: int = 0):
         super().__init__()
         self.lm = lm
         self.jepa = jepa
+        self.stp_predictor = stp_predictor  # STP's linear predictor: checkpointed, not exported
+        self.sigreg_head = sigreg_head      # SIGReg's projection (jepa.sigreg_head): likewise
+        self.seed = seed
         weight = lm.get_output_embeddings().weight
         if hasattr(weight, "ds_id"):
             import deepspeed
             deepspeed.zero.register_external_parameter(self, weight)
 
-    def forward(self, batch, lm_denominator=None, jepa_denominator=None):
+    def forward(self, batch, lm_denominator=None, jepa_denominator=None, micro_step=None):
+        """``(loss, lm_loss, jepa_loss, cosine, sigreg)``. With ``jepa.sigreg > 0`` and a
+        ``micro_step`` (training; it seeds the directions) the loss adds ``sigreg * SIGReg``
+        of the read-outs: a collective, so every rank calls it at every micro-step, also
+        with no pairs of its own; held-out forwards (no ``micro_step``) leave it out."""
         j = self.jepa
+        regularize = j.sigreg > 0 and micro_step is not None
         out = objective.forward(
             self.lm, batch, lbd=j.lbd, gamma=j.gamma, distance=j.distance, mode=j.mode,
             stopgrad_target=j.stopgrad_target, temperature=j.temperature,
             lm_denominator=lm_denominator, jepa_denominator=jepa_denominator,
-            ce_chunk_size=j.ce_chunk_size, kernels=j.kernels)
+            ce_chunk_size=j.ce_chunk_size, kernels=j.kernels, objective=j.objective,
+            stp_predictor=self.stp_predictor, return_hidden=regularize)
+        loss, reg = out.loss, torch.zeros((), device=out.loss.device)
+        if regularize:
+            flat = out.hidden.reshape(-1, out.hidden.shape[-1])
+            reg = jepa_sigreg(flat, batch.pred_index.to(flat.device),
+                              batch.target_index.to(flat.device), step=micro_step, on=j.sigreg_on,
+                              head=self.sigreg_head, num_slices=j.sigreg_slices,
+                              num_points=j.sigreg_points, seed=self.seed)
+            loss = loss + j.sigreg * reg
         # A tuple of tensors: DeepSpeed hooks module outputs it can traverse.
-        return out.loss, out.lm_loss.detach(), out.jepa_loss.detach(), out.cosine
+        return loss, out.lm_loss.detach(), out.jepa_loss.detach(), out.cosine, reg.detach()
 
 
-# ------------------------------------------------------------------------ setup helpers
+@dataclass
+class Run:
+    """What :func:`setup` builds and the loop uses."""
+
+    cfg: config_mod.Config
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: str
+    ckpt_root: str            # checkpoints are always saved here (even when resumed from elsewhere)
+    data: object              # megajepa.data.RunData
+    loader: object            # megajepa.loader.PackedLoader
+    engine: object            # deepspeed.DeepSpeedEngine around a JepaModule
+    scheduler: object
+    flops: FlopCounter
+    peak_tflops: float
+    logger: MetricsLogger
+    start: int                # first step to run (the resumed step, or 0)
+    end: int                  # total, or train.stop_at when set
+    stp: object = None        # megajepa.stp.StpSpec of a jepa.objective=stp run, else None
+    total: int = 0            # the run's optimizer steps: train.steps, or what train.epochs derives
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# ------------------------------------------------------------------------------ the loop
+
+def train(cfg: config_mod.Config) -> dict:
+    run = setup(cfg)
+    engine, loader, gas = run.engine, run.loader, cfg.optim.grad_accum
+    tally = Tally(run)
+    stop = StopFlag(os.path.join(run.run_dir, STOP_FILE) if run.is_main else None)
+    bar = _progress(run)
+    step, last, exit_reason = run.start, {}, "done"
+    while step < run.end:
+        batches = [next_batch(run) for _ in range(gas)]
+        lm_den, jepa_den = tally.begin_step(batches)  # global counts, left on the device
+        for i, b in enumerate(batches):
+            loss, lm_loss, jepa_loss, cos, reg = engine(b, lm_denominator=lm_den, jepa_denominator=jepa_den,
+                                                        micro_step=step * gas + i)
+            tally.add(step + 1, loss, lm_loss, jepa_loss, cos, _readouts(b), reg)
+            engine.backward(loss)
+            engine.step()
+        step += 1
+        if bar is not None:
+            bar.update(1)
+        save_due = step % cfg.train.save_every == 0 or step == run.end
+        eval_due = bool(cfg.train.eval_every and step % cfg.train.eval_every == 0 and run.data.eval_store)
+        if not (step % cfg.train.log_every == 0 or save_due or eval_due
+                or (run.world == 1 and stop.signal)):
+            continue
+        last, flags = tally.read(step, stop.requested())  # the one host read since the last one
+        check_finite(run, step, flags, last)
+        run.logger.log(step, last)
+        if bar is not None:
+            bar.set_postfix(loss=f"{last['loss']:.3f}", cos=f"{last['cosine']:.3f}")
+        if eval_due:
+            held_out_eval(run, step)
+        if save_due or flags["signal"]:
+            save(run, step)
+        if flags["signal"]:  # a stop request on some rank, agreed by the read's all-reduce
+            exit_reason = stop.consume()
+            break
+        tally.restart(step)  # throughput windows exclude eval and save time
+    if bar is not None:
+        bar.close()
+    return finish(run, step, exit_reason, last)
+
+
+# ------------------------------------------------------------------------------ set-up
+
+def setup(cfg: config_mod.Config) -> Run:
+    """config -> data -> model -> engine -> resume. Bad input (a missing path, data that does
+    not fit the config) fails before anything is written: a first start leaves no run dir."""
+    from megajepa import data as data_mod
+
+    data_mod.check_paths(cfg)
+    console.prepare()
+    rank, world, device = setup_distributed()
+    console.setup_logging(rank)
+    run_dir = os.path.abspath(cfg.train.run_dir)
+    ckpt_root = os.path.join(run_dir, "checkpoints")
+    load_root, resume_tag = _resume_target(cfg, ckpt_root)
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    ds_cfg = resolve_ds(cfg, world, bf16=bf16, skip_nonfinite=cfg.train.on_nonfinite == "skip")
+    first_start = not os.path.exists(run_dir)
+    try:
+        data = data_mod.prepare(cfg, run_dir, rank=rank)
+        data_mod.check_compatible(cfg, data)
+        loader = make_loader(cfg, data, rank, world, fixed_rows=attention(cfg, device) == "flex_attention")
+        total = budget_steps(loader, steps=cfg.train.steps, epochs=cfg.train.epochs,
+                             grad_accum=cfg.optim.grad_accum)
+    except BaseException:
+        if rank == 0 and first_start:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        _set_aside_old_checkpoints(cfg, load_root, ckpt_root)
+        with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
+            fh.write(cfg.to_yaml())
+        log_path = console.attach_run_log(run_dir)
+        console.say(f"run dir {run_dir}: config {os.path.join(run_dir, 'config.yaml')}, log {log_path}, "
+                    f"metrics: tensorboard --logdir {os.path.join(run_dir, 'tb')}")
+        console.say(data.description)
+    engine, scheduler = make_engine(cfg, data.tokenizer, ds_cfg, device, total)
+
+    start = 0
+    if resume_tag:
+        client = checkpoint.load(engine, load_root, resume_tag, rank=rank)
+        loader.load_state_dict(client["loader"])
+        start = int(client["step"])
+        console.say(f"resumed from {os.path.join(load_root, resume_tag)} at step {start}")
+    elif cfg.train.resume == "auto":
+        console.say(f"resume auto: no complete checkpoint in {ckpt_root}, starting fresh")
+
+    logger = MetricsLogger(run_dir, enabled=rank == 0, resume_step=start)
+    logger.text("config", cfg.to_yaml())
+    end = min(total, cfg.train.stop_at) if cfg.train.stop_at else total
+    if cfg.train.epochs and rank == 0:
+        console.say(f"train.epochs {cfg.train.epochs}: {total} optimizer steps "
+                    f"({loader.epoch_stats['examples_per_step']} examples per step)")
+    return Run(cfg, rank, world, device, run_dir, ckpt_root, data, loader, engine, scheduler,
+               FlopCounter(engine.module.lm.config), device_peak_tflops(cfg.train.peak_tflops),
+               logger, start, end,
+               stp=config_mod.stp_spec(cfg.jepa) if cfg.jepa.objective == "stp" else None,
+               total=total)
+
+
+def _resume_target(cfg, ckpt_root: str):
+    """``(load_root, tag)`` to resume from (tag None: fresh); reads only."""
+    if cfg.train.resume == "auto":
+        return ckpt_root, checkpoint.find_latest(ckpt_root)
+    if cfg.train.resume:
+        return checkpoint.resolve_checkpoint(cfg.train.resume)
+    return ckpt_root, None
+
+
+def _set_aside_old_checkpoints(cfg, load_root: str, ckpt_root: str) -> None:
+    """A fresh start never mixes with an old run's checkpoints: they are kept, renamed."""
+    fresh_here = not cfg.train.resume or (
+        cfg.train.resume != "auto" and os.path.abspath(load_root) != ckpt_root)
+    if fresh_here and os.path.isdir(ckpt_root):
+        aside = f"{ckpt_root}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(ckpt_root, aside)
+        log.warning("starting fresh in %s: its previous checkpoints moved to %s "
+                    "(use --resume auto to continue a run instead)", os.path.dirname(ckpt_root), aside)
+
+
+def make_loader(cfg, data, rank: int, world: int, fixed_rows: bool = False):
+    """The training loader: rows of ``data.micro_batch_rows``, or ``data.micro_batch_examples``
+    whole examples per micro-batch (``fixed_rows``: padded to the epoch's most rows, one
+    shape for a compiled FlexAttention model)."""
+    from megajepa.loader import PackedLoader
+
+    d = cfg.data
+    loader = PackedLoader(
+        data.train_store, seq_len=d.seq_len, micro_batch_rows=d.micro_batch_rows,
+        k=cfg.jepa.k, pred_ids=data.pred_ids, pad_id=data.pad_id, seed=cfg.train.seed,
+        rank=rank, world_size=world,
+        jepa_ratio=cfg.jepa.jepa_ratio if cfg.jepa.lbd and cfg.jepa.objective == "views" else 0.0,
+        jepa_pairs=cfg.jepa.jepa_pairs, reverse=cfg.jepa.reverse, lm_on_all=d.lm_on_all,
+        overflow=d.overflow, window=d.window, read_at=cfg.jepa.read_at,
+        micro_batch_examples=d.micro_batch_examples, fixed_rows=fixed_rows)
+    if loader.steps_per_epoch < 1:
+        per, knob = ((f"{d.micro_batch_examples} examples", "data.micro_batch_examples")
+                     if d.micro_batch_examples else (f"{d.micro_batch_rows} rows", "data.micro_batch_rows"))
+        raise ValueError(
+            f"the training data fills {loader.epoch_stats['rows']} rows of {d.seq_len} tokens: "
+            f"fewer than one step needs ({per} x {world} ranks); add data or lower {knob}")
+    return loader
+
+
+def next_batch(run: Run):
+    """The loader's next micro-batch. An STP run draws its spans here, on the host, from
+    ``(seed, epoch, step_in_epoch, rank)``: a resumed run draws the same ones."""
+    b = next(run.loader)
+    if run.stp is not None:
+        stp.attach(b, run.stp, seed=run.cfg.train.seed)
+        b.stats.update({f"stp_{k}": b.stp.stats[k] for k in ("documents", "skipped_short", "spans")})
+    return b
+
+
+def _readouts(b) -> int:
+    """What a micro-batch's mean cosine averages over: its JEPA pairs, or its STP spans."""
+    return b.stp.num_spans if b.stp is not None else b.stats["pairs"]
+
+
+def attention(cfg, device) -> str:
+    """``model.attn`` with ``auto`` resolved: FlexAttention on CUDA, SDPA elsewhere."""
+    return cfg.model.attn if cfg.model.attn != "auto" else (
+        "flex_attention" if device.type == "cuda" else "sdpa")
+
+
+def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int):
+    """The model (under ``zero.Init`` for ZeRO-3), AdamW, the LR schedule over
+    ``total_steps`` optimizer steps, the engine."""
+    import deepspeed
+    from megajepa.model import build_model, optimize, resize_for_tokenizer
+
+    attn = attention(cfg, device)
+    init_ctx = deepspeed.zero.Init(config_dict_or_path=ds_cfg) if zero_stage(ds_cfg) == 3 else None
+    model = build_model(preset=None if cfg.model.init_from else cfg.model.preset,
+                        vocab_size=len(tokenizer), init_from=cfg.model.init_from, seed=cfg.train.seed,
+                        attn_implementation=attn, init_context=init_ctx)
+    if cfg.model.init_from:
+        resize_for_tokenizer(model, tokenizer)
+    optimize(model, cfg.model, device, zero_stage=zero_stage(ds_cfg))  # compile, liger, checkpointing
+    module = JepaModule(model, cfg.jepa, stp_predictor=_stp_predictor(cfg, model),
+                        sigreg_head=_sigreg_head(cfg, model), seed=cfg.train.seed)
+    optimizer = make_optimizer(cfg, param_groups(module, cfg.optim.weight_decay), ds_cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.for_config(cfg, total_steps))
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    return engine, scheduler
+
+
+def _stp_predictor(cfg, model):
+    """STP's linear predictor (``jepa.stp_predictor``), seeded. Built whole on every rank
+    and handed to the engine, which partitions it under ZeRO-3 like any parameter created
+    outside ``zero.Init`` (initializing it inside would write into empty partitions)."""
+    if cfg.jepa.objective != "stp" or not cfg.jepa.stp_predictor:
+        return None
+    torch.manual_seed(cfg.train.seed)
+    return stp.make_predictor(model.config.hidden_size)
+
+
+def _sigreg_head(cfg, model):
+    """SIGReg's learned projection to ``jepa.sigreg_head`` dimensions, seeded; built whole
+    and partitioned by the engine under ZeRO-3, like the STP predictor."""
+    j = cfg.jepa
+    if j.sigreg <= 0 or j.sigreg_head <= 0:
+        return None
+    torch.manual_seed(cfg.train.seed)
+    return ProjectionHead(model.config.hidden_size, j.sigreg_head)
+
 
 def setup_distributed():
     import deepspeed
@@ -80,7 +358,8 @@ def setup_distributed():
     if "RANK" not in os.environ:  # plain `python pretrain.py`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    with console.quiet("deepspeed.init_distributed"):  # prints the CPU shm op's build line
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -90,20 +369,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
-
-
-def lr_lambda(cfg: config_mod.Config):
-    o, total = cfg.optim, cfg.train.steps
-    warm = config_mod.warmup_steps(cfg)
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        progress = (step - warm) / max(1, total - warm)
-        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * cos
-
-    return f
 
 
 def make_optimizer(cfg, params, ds_cfg, device):
@@ -126,202 +391,145 @@ def param_groups(model, weight_decay):
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def all_reduce(values, device, op=None):
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t.tolist()
+STOP_FILE = "STOP"
 
 
 class StopFlag:
-    """SIGTERM/SIGINT: finish the current step, save, exit 0."""
+    """A request to stop: SIGTERM/SIGINT on any rank, or a ``STOP`` file in the run dir that
+    rank 0 looks for (one ``stat``) at every read point. The loop agrees on it in the read's
+    all-reduce, saves a checkpoint and exits 0."""
 
-    def __init__(self):
-        self.signal = None
+    def __init__(self, stop_file: str | None):
+        self.signal, self.stop_file, self.by_file = None, stop_file, False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame):
         self.signal = signum
 
+    def requested(self) -> bool:
+        if self.stop_file and not self.by_file:
+            self.by_file = os.path.exists(self.stop_file)
+        return bool(self.signal) or self.by_file
 
-# ------------------------------------------------------------------------------ main
-
-def train(cfg: config_mod.Config) -> dict:
-    from megajepa import data as data_mod
-    from megajepa.loader import PackedLoader
-    from megajepa.model import build_model, resize_for_tokenizer
-
-    rank, world, device = setup_distributed()
-    is_main = rank == 0
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
-    run_dir = os.path.abspath(cfg.train.run_dir)
-    ckpt_root = os.path.join(run_dir, "checkpoints")
-    load_root, resume_tag = ckpt_root, None  # checkpoints are always *saved* to ckpt_root
-    if cfg.train.resume == "auto":
-        resume_tag = checkpoint.find_latest(ckpt_root)
-    elif cfg.train.resume:
-        load_root, resume_tag = checkpoint.resolve_checkpoint(cfg.train.resume)
-    fresh_here = not cfg.train.resume or (
-        cfg.train.resume != "auto" and os.path.abspath(load_root) != ckpt_root)
-    if is_main and fresh_here and os.path.isdir(ckpt_root):
-        # A fresh start never mixes with an old run's checkpoints: set them aside, keep them.
-        aside = f"{ckpt_root}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"
-        os.replace(ckpt_root, aside)
-        log.warning("starting fresh in %s: its previous checkpoints moved to %s "
-                    "(use --resume auto to continue a run instead)", run_dir, aside)
-
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-    ds_cfg = resolve_ds(cfg, world, bf16=bf16, skip_nonfinite=cfg.train.on_nonfinite == "skip")
-    if is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        print("resolved config:\n" + cfg.to_yaml(), flush=True)
-        with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
-            fh.write(cfg.to_yaml())
-
-    data = data_mod.prepare(cfg, run_dir, rank=rank)
-    tok = data.tokenizer
-    data_mod.check_compatible(cfg, data)
-
-    loader = PackedLoader(
-        data.train_store, seq_len=cfg.data.seq_len, micro_batch_rows=cfg.data.micro_batch_rows,
-        k=cfg.jepa.k, pred_ids=data.pred_ids, pad_id=data.pad_id, seed=cfg.train.seed,
-        rank=rank, world_size=world, jepa_ratio=cfg.jepa.jepa_ratio if cfg.jepa.lbd else 0.0,
-        jepa_pairs=cfg.jepa.jepa_pairs, reverse=cfg.jepa.reverse, lm_on_all=cfg.data.lm_on_all,
-        overflow=cfg.data.overflow, window=cfg.data.window)
-    if loader.steps_per_epoch < 1:
-        raise ValueError(
-            f"the training data fills {loader.epoch_stats['rows']} rows of {cfg.data.seq_len} tokens: "
-            f"fewer than one step needs ({cfg.data.micro_batch_rows} rows x {world} ranks); "
-            "add data or lower data.micro_batch_rows")
-
-    attn = cfg.model.attn if cfg.model.attn != "auto" else (
-        "flex_attention" if device.type == "cuda" else "sdpa")
-    init_ctx = None
-    if zero_stage(ds_cfg) == 3:
-        import deepspeed
-        init_ctx = deepspeed.zero.Init(config_dict_or_path=ds_cfg)
-    model = build_model(preset=None if cfg.model.init_from else cfg.model.preset,
-                        vocab_size=len(tok), init_from=cfg.model.init_from, seed=cfg.train.seed,
-                        attn_implementation=attn, init_context=init_ctx)
-    if cfg.model.init_from:
-        resize_for_tokenizer(model, tok)
-    module = JepaModule(model, cfg.jepa)
-    flops = FlopCounter(model.config)
-    optimizer = make_optimizer(cfg, param_groups(module, cfg.optim.weight_decay), ds_cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-
-    import deepspeed
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
-
-    start = 0
-    if resume_tag:
-        client = checkpoint.load(engine, load_root, resume_tag, rank=rank)
-        loader.load_state_dict(client["loader"])
-        start = int(client["step"])
-        if is_main:
-            log.info("resumed from %s at step %d", os.path.join(load_root, resume_tag), start)
-    elif cfg.train.resume == "auto" and is_main:
-        log.info("resume=auto: no complete checkpoint in %s, starting fresh", ckpt_root)
+    def consume(self) -> str:
+        """What stopped the run; removes the STOP file so that the resumed run goes on."""
+        if self.by_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.stop_file)
+            return "STOP file"
+        if self.signal:
+            return signal.Signals(self.signal).name
+        return "a stop request on another rank"
 
 
-    logger = MetricsLogger(run_dir, enabled=is_main, resume_step=start)
-    logger.text("config", cfg.to_yaml())
-    peak = device_peak_tflops(cfg.train.peak_tflops)
-    stop = StopFlag()
-    gas = cfg.optim.grad_accum
-    end = cfg.train.steps if not cfg.train.stop_at else min(cfg.train.steps, cfg.train.stop_at)
-    bar = _progress(start, cfg.train.steps, is_main)
-    step, last = start, {}
-    exit_reason = "done"
-
-    def save():
-        client = {"step": step, "loader": loader.state_dict(), "config": cfg.to_dict()}
-        checkpoint.save(engine, ckpt_root, step, client, cfg.to_yaml(),
-                        keep=cfg.train.keep_checkpoints, rank=rank)
-        if is_main:
-            log.info("saved checkpoint %s", os.path.join(ckpt_root, checkpoint.tag_for(step)))
-
-    while step < end:
-        t0 = time.time()
-        batches = [next(loader) for _ in range(gas)]
-        local = [sum(b.num_label_tokens for b in batches), sum(b.num_pairs for b in batches)]
-        n_lab, n_pairs = all_reduce(local, device)
-        scale = gas * world
-        sums = torch.zeros(4, dtype=torch.float64, device=device)
-        for b in batches:
-            loss, lm_loss, jepa_loss, cos = engine(b, lm_denominator=max(n_lab, 1) / scale,
-                                                   jepa_denominator=max(n_pairs, 1) / scale)
-            if os.environ.get("MEGAJEPA_FAULT") == f"nan_loss:{step + 1}":  # fault injection (tests)
-                loss = loss * float("nan")
-            bad = all_reduce([0.0 if torch.isfinite(loss) else 1.0], device, dist.ReduceOp.MAX)[0]
-            if bad:
-                msg = f"non-finite loss at step {step + 1} (loss={loss.item()})"
-                if cfg.train.on_nonfinite == "stop":
-                    raise NonFiniteLoss(msg + "; stopping (train.on_nonfinite=stop). The last "
-                                        f"good checkpoint is in {ckpt_root}")
-                log.warning(msg + "; the update will be skipped (train.on_nonfinite=skip)")
-            engine.backward(loss)
-            engine.step()
-            sums += torch.tensor([loss.item(), lm_loss.item(), jepa_loss.item(),
-                                  cos.item() * b.num_pairs], dtype=torch.float64, device=device)
-        step += 1
-        last = _step_scalars(batches, sums, n_lab, n_pairs, scale, time.time() - t0, engine,
-                             scheduler, loader, flops, peak, world, device)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", cos=f"{last['cosine']:.3f}")
-        if step % cfg.train.log_every == 0 or step == end:
-            logger.log(step, last)
-        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and data.eval_store:
-            held = data_mod.held_out_metrics(engine, cfg, data, rank, world, device)
-            if is_main:
-                logger.log(step, held["scalars"])
-                if logger.writer is not None and held.get("diagnostics"):
-                    from megajepa.analyze import log_diagnostics
-                    log_diagnostics(logger.writer, step, held["diagnostics"])
-        stop_now = all_reduce([1.0 if stop.signal else 0.0], device, dist.ReduceOp.MAX)[0]
-        if step % cfg.train.save_every == 0 or step == end or stop_now:
-            save()
-        if stop_now:
-            exit_reason = f"signal {stop.signal or 'on another rank'}"
-            break
-    if bar is not None:
-        bar.close()
-    if step == start and start > 0 and is_main:
-        log.info("checkpoint is already at step %d of %d: nothing to train", start, end)
-    logger.close()
-    result = {"step": step, "exit": exit_reason, "run_dir": run_dir, "module": engine.module,
-              **last}
-    if exit_reason == "done" and step >= cfg.train.steps and not cfg.train.stop_at:
-        result.update(_finish(cfg, ckpt_root, data, step, rank, run_dir))
-    dist.barrier()
-    return result
+def _progress(run: Run):
+    if not run.is_main:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=run.total, initial=run.start, desc="train", unit="step",
+                dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
 
 
-def _step_scalars(batches, sums, n_lab, n_pairs, scale, dt, engine, scheduler, loader, flops,
-                  peak, world, device) -> dict:
-    """The step's logged metrics, reduced over ranks (collective)."""
-    # global loss = sum over micro-batches and ranks of (sum / global count)
-    sums[:3] /= scale
-    dist.all_reduce(sums)
-    tokens = sum(b.stats["real_tokens"] for b in batches)
-    examples = sum(b.stats["examples"] for b in batches)
-    pairs = sum(attended_pairs(b.doc_ids, b.roles) for b in batches)
-    capacity = sum(b.stats["capacity"] for b in batches)
-    tot_tokens, tot_examples, tot_pairs, tot_capacity = all_reduce(
-        [tokens, examples, pairs, capacity], device)
-    tflops = flops.step_flops(tot_tokens, n_lab, tot_pairs) / dt / 1e12 / world
-    return {
-        "loss": sums[0].item(), "lm_loss": sums[1].item(), "jepa_loss": sums[2].item(),
-        "cosine": (sums[3] / max(n_pairs, 1)).item(), "lr": scheduler.get_last_lr()[0],
-        "grad_norm": _grad_norm(engine), "tokens_per_s": tot_tokens / dt,
-        "samples_per_s": tot_examples / dt, "packing_efficiency": tot_tokens / tot_capacity,
-        "step_time_s": dt, "tflops": tflops, "mfu": tflops / peak if peak else float("nan"),
-        "peak_memory_gb": peak_memory_gb(), "skipped_steps": engine.skipped_steps,
-        "epoch": loader.epoch,
-    }
+# ------------------------------------------------------------------ device-side sums
+
+class Tally:
+    """What the loop adds up between read points, and the one read that reduces it.
+
+    ::
+
+        device  loss, lm_loss, jepa_loss, cos*pairs    this step (scaled micro-batch losses)
+        device  non-finite micro-batches, first non-finite step (0: none)   since the last read
+        device  SIGReg summed over this step's micro-steps (each rank holds the global value)
+        host    real tokens, examples, attended pairs, capacity, label tokens   since the last read
+
+    :meth:`read` all-reduces ``[device sums | host counts | signal | first step per rank]``
+    (one tensor, one collective) and reads it once; the step's losses are global means, the
+    throughput covers every step since the previous read. ``examples`` and ``tokens`` are the
+    loader's cumulative counts (all ranks, carried across a resume).
+    """
+
+    HOST = ("real_tokens", "examples", "attended_pairs", "capacity", "label_tokens",
+            "stp_documents", "stp_skipped_short", "stp_spans")
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.scale = run.cfg.optim.grad_accum * run.world
+        self.sums = torch.zeros(6, dtype=torch.float64, device=run.device)
+        self.first_bad = torch.zeros((), dtype=torch.float64, device=run.device)
+        self.restart(run.start)
+
+    def restart(self, step: int) -> None:
+        """A new window starting after ``step``."""
+        self.since, self.t0 = step, time.perf_counter()
+        self.window = dict.fromkeys(self.HOST, 0)
+        self.sums.zero_()
+        self.first_bad.zero_()
+
+    def begin_step(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's denominators ``global count / (grad_accum * world)`` for the label
+        tokens and the JEPA pairs, as 0-dim device tensors (all-reduced, never read)."""
+        for key in self.HOST:
+            self.window[key] += sum(b.stats.get(key, 0) for b in batches)
+        self.step_pairs = sum(_readouts(b) for b in batches)
+        jepa = sum(objective.jepa_count(b, "views" if b.stp is None else "stp") for b in batches)
+        self.sums[:4].zero_()
+        self.sums[5].zero_()
+        counts = _device_tensor([sum(b.stats["label_tokens"] for b in batches), jepa],
+                                self.run.device)
+        dist.all_reduce(counts)
+        den = (counts.clamp_min(1) / self.scale).float()
+        return den[0], den[1]
+
+    def add(self, step: int, loss, lm_loss, jepa_loss, cos, pairs: int, sigreg=None) -> None:
+        loss = loss.detach()
+        self.sums[:4] += torch.stack([loss.double(), lm_loss.double(), jepa_loss.double(),
+                                      cos.double() * pairs])
+        if sigreg is not None:
+            self.sums[5] += sigreg.double()
+        bad = ~torch.isfinite(loss)
+        self.sums[4] += bad
+        self.first_bad.copy_(torch.where(bad & (self.first_bad == 0), float(step), self.first_bad))
+
+    def read(self, step: int, signal) -> tuple[dict, dict]:
+        """``(metrics, flags)`` of the window ending at ``step`` (collective; one host read)."""
+        run, w = self.run, self.window
+        host = [self.step_pairs] + [w[k] for k in self.HOST] + [1.0 if signal else 0.0]
+        slots = torch.zeros(run.world, dtype=torch.float64, device=run.device)
+        slots[run.rank] = self.first_bad
+        vec = torch.cat([self.sums, _device_tensor(host, run.device), slots])
+        dist.all_reduce(vec)
+        (loss, lm, jepa, cos_w, bad, reg, pairs, tokens, examples, attn, capacity, labels,
+         stp_docs, stp_short, stp_spans, sig, *first) = vec.tolist()
+        dt = time.perf_counter() - self.t0
+        steps = max(1, step - self.since)
+        tflops = run.flops.step_flops(tokens, labels, attn) / dt / 1e12 / run.world
+        metrics = {
+            "loss": loss / self.scale, "lm_loss": lm / self.scale, "jepa_loss": jepa / self.scale,
+            "cosine": cos_w / max(pairs, 1), "lr": run.scheduler.get_last_lr()[0],
+            "grad_norm": _grad_norm(run.engine), "tokens_per_s": tokens / dt,
+            "samples_per_s": examples / dt, "packing_efficiency": tokens / max(capacity, 1),
+            "step_time_s": dt / steps, "tflops": tflops,
+            "mfu": tflops / run.peak_tflops if run.peak_tflops else float("nan"),
+            "peak_memory_gb": peak_memory_gb(), "skipped_steps": run.engine.skipped_steps,
+            "epoch": run.loader.epoch, "examples": run.loader.seen["examples"],
+            "tokens": run.loader.seen["tokens"],
+        }
+        if run.cfg.jepa.sigreg > 0:  # mean over the step's micro-steps
+            metrics["sigreg"] = reg / self.scale
+        if run.stp is not None:  # since the last read, all ranks; short = fewer than 3 tokens
+            metrics.update({"stp/documents": stp_docs, "stp/skipped_short": stp_short,
+                            "stp/spans": stp_spans})
+        bad_steps = [int(s) for s in first if s > 0]
+        flags = {"nonfinite": int(bad), "first_nonfinite_step": min(bad_steps, default=0),
+                 "since": self.since, "signal": sig > 0}
+        return metrics, flags
+
+
+def _device_tensor(values, device) -> torch.Tensor:
+    """Host numbers as a float64 tensor on ``device`` (pinned, non-blocking copy on CUDA)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def _grad_norm(engine) -> float:
@@ -331,31 +539,85 @@ def _grad_norm(engine) -> float:
     return float(g.item() if torch.is_tensor(g) else g)
 
 
-def _progress(start, total, enabled):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
-                file=sys.stdout, mininterval=1.0)
+# ------------------------------------------------------------ checks, eval, save, finish
+
+def check_finite(run: Run, step: int, flags: dict, metrics: dict) -> None:
+    """Stop (raise :class:`NonFiniteLoss`) or report the skipped updates, per
+    ``train.on_nonfinite``; the same decision on every rank (the flags are all-reduced)."""
+    if not flags["nonfinite"]:
+        return
+    first = flags["first_nonfinite_step"]
+    msg = f"non-finite loss at step {first}"
+    if first == step:
+        msg += f" (loss={metrics['loss']})"
+    if flags["nonfinite"] > 1:
+        msg += f"; {flags['nonfinite']} non-finite micro-batch losses (all ranks) in steps {flags['since'] + 1}..{step}"
+    if run.cfg.train.on_nonfinite == "stop":
+        raise NonFiniteLoss(msg + "; stopping (train.on_nonfinite=stop). The last good "
+                            f"checkpoint is in {run.ckpt_root}")
+    if run.is_main:
+        log.warning(msg + "; the update was skipped (train.on_nonfinite=skip; skipped_steps=%d)",
+                    run.engine.skipped_steps)
 
 
-def _finish(cfg, ckpt_root, data, step, rank, run_dir) -> dict:
-    """Rank 0: export the final checkpoint and run the held-out generation eval."""
-    out = {}
+def held_out_eval(run: Run, step: int) -> None:
+    """Held-out losses and representation diagnostics, logged at ``step`` (collective)."""
+    from megajepa.heldout import held_out_metrics
+
+    held = held_out_metrics(run.engine, run.cfg, run.data, run.rank, run.world, run.device)
+    if run.is_main:
+        run.logger.log(step, held["scalars"])
+        if run.logger.writer is not None and held.get("diagnostics"):
+            from megajepa.analyze import log_diagnostics
+            log_diagnostics(run.logger.writer, step, held["diagnostics"])
+
+
+def save(run: Run, step: int) -> None:
+    client = {"step": step, "loader": run.loader.state_dict(), "config": run.cfg.to_dict()}
+    checkpoint.save(run.engine, run.ckpt_root, step, client, run.cfg.to_yaml(),
+                    keep=run.cfg.train.keep_checkpoints, rank=run.rank)
+    if run.is_main:
+        log.info("saved checkpoint %s", os.path.join(run.ckpt_root, checkpoint.tag_for(step)))
+
+
+def finish(run: Run, step: int, exit_reason: str, last: dict) -> dict:
+    """Close the logs; one line when the run stopped early; when it reached ``train.steps``:
+    export and final eval (rank 0)."""
+    cfg = run.cfg
+    if step == run.start and run.start > 0:
+        console.say(f"checkpoint is already at step {run.start} of {run.end}: nothing to train")
+    run.logger.close()
+    result = {"step": step, "exit": exit_reason, "run_dir": run.run_dir,
+              "module": run.engine.module, **last}
     dist.barrier()
-    if rank != 0:
+    done = exit_reason == "done" and step >= run.total and not cfg.train.stop_at
+    if not done and step > run.start:
+        by = "train.stop_at" if exit_reason == "done" else exit_reason
+        console.say(f"stopped at step {step} by {by}; checkpoint "
+                    f"{os.path.join(run.ckpt_root, checkpoint.tag_for(step))}; resume with --resume auto")
+    if done and run.is_main:
+        result.update(_export_and_eval(run, step))
+        console.say(f"logs: {run.run_dir}/metrics.jsonl and {run.run_dir}/tb (tensorboard --logdir "
+                    f"{run.run_dir}/tb); checkpoints: {run.ckpt_root}")
+    dist.barrier()
+    return result
+
+
+def _export_and_eval(run: Run, step: int) -> dict:
+    out = {}
+    if not run.cfg.train.export:
         return out
-    if cfg.train.export:
-        from megajepa.export import export
-        export_dir = os.path.join(run_dir, "export")
-        export(os.path.join(ckpt_root, checkpoint.tag_for(step)), export_dir, overwrite=True)
-        out["export"] = export_dir
-        print(f"exported Hugging Face model to {export_dir}", flush=True)
-        if cfg.train.final_eval and data.eval_records:
-            from megajepa.data import final_eval
-            out["final_eval"] = final_eval(cfg, export_dir, data, run_dir)
-    print(f"logs: {run_dir}/metrics.jsonl and {run_dir}/tb (tensorboard --logdir {run_dir}/tb); "
-          f"checkpoints: {ckpt_root}", flush=True)
+    from megajepa.export import export
+    export_dir = os.path.join(run.run_dir, "export")
+    export(os.path.join(run.ckpt_root, checkpoint.tag_for(step)), export_dir, overwrite=True)
+    out["export"] = export_dir
+    console.say(f"exported Hugging Face model to {export_dir}")
+    if run.cfg.train.final_eval and run.data.eval_records:
+        from megajepa.heldout import final_eval
+        out["final_eval"] = final_eval(run.cfg, export_dir, run.data, run.run_dir)
+    elif run.cfg.train.final_eval:
+        console.say("final eval skipped: no held-out data; pass --data.eval <chat JSONL> to evaluate "
+                    "the export (or --train.final_eval false to drop this note)")
     return out
 
 

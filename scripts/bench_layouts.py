@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -51,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megajepa.layout import Example, layout_cost, pack, plan_rows  # noqa: E402
 
-DEFAULT_DATA = "/work/shared/data/nlrx_synth_train.jsonl"
+GENERATED = 8000  # pairs of the embedded NL-RX generator when no --data is given (NL-RX-SYNTH's size)
 WINDOW = 1024  # pack()'s default best-fit window
 
 
@@ -59,8 +60,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Layouts and counting rules: see the module docstring.")
-    p.add_argument("--data", default=DEFAULT_DATA,
-                   help=f"chat-messages JSONL of pair records (default {DEFAULT_DATA})")
+    p.add_argument("--data", default=None,
+                   help="chat-messages JSONL of pair records, e.g. nlrx_synth_train.jsonl (docs/data.md); "
+                        f"default: {GENERATED} pairs of the embedded NL-RX generator (seed 0)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory; default: train a SentencePiece BPE on --data into a temp dir")
     p.add_argument("--vocab-size", type=int, default=1000,
@@ -207,7 +209,19 @@ def load_views(args):
     from data_tools.readers import read_records
     from data_tools.tokenizer import load_tokenizer, pred_ids, train_sentencepiece
 
-    records = list(read_records(args.data))
+    if args.data is None:  # the generator's pairs, read back through the same readers
+        from data_tools import nlrx
+
+        args.data_desc = f"{GENERATED} pairs of the embedded NL-RX generator (seed 0)"
+        with tempfile.TemporaryDirectory(prefix="bench_layouts_data_") as tmp:
+            path = os.path.join(tmp, "generated_pairs.jsonl")
+            with open(path, "w") as fh:
+                for r in nlrx.generate_pairs(GENERATED, seed=0):
+                    fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
+            records = list(read_records(path))
+    else:
+        args.data_desc = f"`{args.data}`"
+        records = list(read_records(args.data))
     if any(r.kind != "pair" for r in records):
         raise SystemExit(f"error: {args.data}: expected chat (pair) records only")
     if args.tokenizer:
@@ -356,7 +370,7 @@ def main(argv=None):
     if len(pred) < args.k:
         raise SystemExit(f"error: the tokenizer has {len(pred)} predictor tokens, k={args.k}")
     counts, _ = counts_section(args, views)
-    parts = [f"Data: `{args.data}`; tokenizer: {tok_desc}; torch {torch.__version__}; "
+    parts = [f"Data: {args.data_desc}; tokenizer: {tok_desc}; torch {torch.__version__}; "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
              f"{datetime.date.today().isoformat()}.",
              "", "Tokens and rows per epoch:", "", counts]

@@ -9,15 +9,21 @@ ranges typical of instruction data), one optimizer step (forward + backward + Ad
     three   LLM-JEPA, the paper's three forwards (each packed)
 
 Variants are interleaved (lm, single, three, lm, ...) after a warm-up, and the median over
-repetitions is reported. MFU counts useful FLOPs only (megajepa.metrics.FlopCounter: real
+repetitions is reported. ``--options`` repeats everything per speed setting of
+``megajepa.model.optimize`` (a fresh model each): ``off`` (eager), ``layers`` / ``model``
+(torch.compile), ``liger`` (liger-kernel's RMSNorm, RoPE, SwiGLU, eager), ``ckpt`` (activation
+checkpointing), combined with ``+`` (``layers+ckpt``). MFU counts useful FLOPs only (megajepa.metrics.FlopCounter: real
 tokens, labelled positions, attended (q, kv) pairs) against the device's dense bf16 peak.
 
 GPU:  python scripts/bench_throughput.py --presets 125m,llama-3.2-1b --out runs/throughput.md
+      python scripts/bench_throughput.py --presets llama-3.2-1b --variants lm,single \
+          --options off,liger,layers,model --out runs/speed.md
 CPU:  python scripts/bench_throughput.py --presets tiny --seq-len 512 --rows 2 --reps 3 --out /tmp/t.md
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -62,12 +68,41 @@ def sync():
         torch.cuda.synchronize()
 
 
-def bench_preset(preset, a, device, dtype):
+def speed_options(text: str):
+    """``layers+ckpt`` -> the ``model`` config section that optimize() reads."""
+    from types import SimpleNamespace
+
+    parts = set(text.split("+"))
+    unknown = parts - {"off", "layers", "model", "liger", "ckpt"}
+    if unknown or len(parts & {"off", "layers", "model"}) > 1:
+        raise ValueError(f"--options {text!r}: off|layers|model, liger, ckpt joined by +")
+    compile_mode = next(iter(parts & {"layers", "model"}), "off")
+    return SimpleNamespace(compile=compile_mode, liger="on" if "liger" in parts else "off",
+                           checkpointing="ckpt" in parts)
+
+
+@contextlib.contextmanager
+def llama_globals_restored():
+    from transformers.models.llama import modeling_llama
+
+    saved = dict(vars(modeling_llama))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(modeling_llama, name, value)
+
+
+def bench_preset(preset, a, device, dtype, options="off"):
+    from megajepa.model import optimize
+
     vocab = a.vocab
     pred_ids = list(range(2, 2 + a.k))
     model = build_model(preset=preset, vocab_size=vocab, seed=0, dtype=dtype,
                         attn_implementation=a.attn).to(device)
-    model.gradient_checkpointing_enable() if a.checkpointing else None
+    opts = speed_options(options)
+    opts.checkpointing = opts.checkpointing or a.checkpointing
+    optimize(model, opts, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     pool = [e for e in make_examples(4 * a.rows * a.seq_len // 64, vocab, 0, a.text_len, a.code_len)
             if example_cost(e, k=a.k) <= a.seq_len]
@@ -127,7 +162,7 @@ def bench_preset(preset, a, device, dtype):
         bb = batches["lm"] if v == "lm" else b
         useful = flops.step_flops(lm_real if v == "lm" else real, labels,
                                   attended_pairs(bb.doc_ids, bb.roles))
-        rows.append(dict(preset=preset, variant=v, step_ms=1000 * t,
+        rows.append(dict(preset=preset, options=options, variant=v, step_ms=1000 * t,
                          tokens_per_s=(lm_real if v == "lm" else real) / t,
                          examples=len(exs), tflops=useful / t / 1e12,
                          mfu=(useful / t / 1e12 / peak) if peak else float("nan"),
@@ -141,7 +176,7 @@ def bench_preset(preset, a, device, dtype):
     del model, opt
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return rows, ratios, dict(examples=len(exs), real_tokens=real, lm_tokens=lm_real,
+    return rows, ratios, dict(options=options, examples=len(exs), real_tokens=real, lm_tokens=lm_real,
                               capacity=a.rows * a.seq_len, block_mask_ms=mask_ms)
 
 
@@ -160,12 +195,17 @@ def main(argv=None):
                    "CUDA, sdpa on CPU)")
     p.add_argument("--dtype", default=None, help="bf16 (CUDA default) or fp32 (CPU default)")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument("--options", default="off", help="speed settings to compare, comma-separated "
+                   "(off, layers, model, liger, ckpt; combine with +)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=0.0)
     p.add_argument("--out", default=None, help="Markdown file to write (JSON beside it)")
     a = p.parse_args(argv)
     a.variants = a.variants.split(",")
+    a.options = a.options.split(",")
+    for o in a.options:
+        speed_options(o)  # bad settings fail before any work
     a.text_len = tuple(int(x) for x in a.text_len.split(","))
     a.code_len = tuple(int(x) for x in a.code_len.split(","))
     cuda = torch.cuda.is_available()
@@ -177,22 +217,25 @@ def main(argv=None):
              f"dtype {dtype}; attn {a.attn}; seq_len {a.seq_len} x {a.rows} rows; k {a.k}; "
              f"vocab {a.vocab}; peak {device_peak_tflops(a.peak_tflops) or 'n/a'} TFLOP/s",
              f"command: python {' '.join(sys.argv)}", "",
-             "| preset | variant | step ms | tokens/s | TFLOP/s | MFU | peak GiB |",
-             "|---|---|---|---|---|---|---|"]
+             "| preset | options | variant | step ms | tokens/s | TFLOP/s | MFU | peak GiB |",
+             "|---|---|---|---|---|---|---|---|"]
     results = []
     for preset in a.presets.split(","):
-        rows, ratios, info = bench_preset(preset, a, device, dtype)
-        results.append(dict(preset=preset, rows=rows, ratios=ratios, info=info))
-        for r in rows:
-            lines.append(f"| {preset} | {r['variant']} | {r['step_ms']:.1f} | {r['tokens_per_s']:.0f} "
-                         f"| {r['tflops']:.1f} | {r['mfu']:.3f} | {r['peak_gb']:.2f} |")
-        print("\n".join(lines[-len(rows):]), flush=True)
-    lines += ["", "| preset | examples/step | single-pass tokens | LM-only tokens | capacity "
+        for options in a.options:
+            with llama_globals_restored():  # liger patches Llama's module classes globally
+                rows, ratios, info = bench_preset(preset, a, device, dtype, options)
+            results.append(dict(preset=preset, options=options, rows=rows, ratios=ratios, info=info))
+            for r in rows:
+                lines.append(f"| {preset} | {options} | {r['variant']} | {r['step_ms']:.1f} "
+                             f"| {r['tokens_per_s']:.0f} | {r['tflops']:.1f} | {r['mfu']:.3f} "
+                             f"| {r['peak_gb']:.2f} |")
+            print("\n".join(lines[-len(rows):]), flush=True)
+    lines += ["", "| preset | options | examples/step | single-pass tokens | LM-only tokens | capacity "
               "| single/lm step time | three/single step time | BlockMask build ms |",
-              "|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         i, q = r["info"], r["ratios"]
-        lines.append(f"| {r['preset']} | {i['examples']} | {i['real_tokens']} | {i['lm_tokens']} "
+        lines.append(f"| {r['preset']} | {r['options']} | {i['examples']} | {i['real_tokens']} | {i['lm_tokens']} "
                      f"| {i['capacity']} | {q.get('single/lm', float('nan')):.3f} "
                      f"| {q.get('three/single', float('nan')):.3f} | {i['block_mask_ms']:.2f} |")
     text = "\n".join(lines)

@@ -3,6 +3,7 @@
 # and a bf16 pretrain.py smoke run (FlexAttention, fused kernels, DeepSpeed ZeRO-1 and ZeRO-3).
 # Prepare here:  bash ../shared/device/make-wheels.sh   (DeepSpeed, liger-kernel wheels in .whl/)
 # Run there:     bash scripts/gpu_checks.sh              (with carry=[".whl"]; writes to $OUT)
+# The headline measurements of docs/benchmarks.md have their own calls: scripts/gpu_bench.sh.
 set -u
 OUT=${OUT:-/tmp/gpu_checks}
 mkdir -p "$OUT"

@@ -43,3 +43,66 @@ def test_bf16_single_pass_matches_three_pass():
     assert torch.isfinite(one.loss)
     torch.testing.assert_close(one.lm_loss, three.lm_loss, atol=3e-2, rtol=1e-2)
     torch.testing.assert_close(one.jepa_loss, three.jepa_loss, atol=3e-2, rtol=5e-2)
+
+
+def _step(model, b):
+    out = forward(model, b, return_hidden=True)
+    out.loss.backward()
+    return out, _grads(model)
+
+
+@pytest.mark.parametrize("mode", ["layers", "model"])
+def test_compiled_flex_equals_eager_flex_forward_and_backward(mode, monkeypatch):
+    """The GPU default (model.compile auto = layers): FlexAttention inside compiled layers,
+    the BlockMask an input; a second micro-batch of the same shape does not recompile."""
+    from types import SimpleNamespace
+
+    import torch._dynamo.config as dynamo_config
+
+    from megajepa.model import optimize
+
+    eager, comp = tiny_model("flex_attention").cuda(), tiny_model("flex_attention").cuda()
+    optimize(comp, SimpleNamespace(compile=mode, liger="off", checkpointing=False), "cuda")
+    for seed in (7, 9):
+        b = pack(random_examples(24, seed=seed, max_len=40), 256, k=3, pred_ids=PRED_IDS,
+                 pad_id=PAD, min_rows=8)
+        assert b.input_ids.shape == (8, 256)
+        (e, ge), (c, gc) = _step(eager, b), _step(comp, b)
+        real = (b.doc_ids != PAD_DOC).cuda()
+        torch.testing.assert_close(c.hidden[real], e.hidden[real], atol=2e-5, rtol=2e-5)
+        for n in ge:
+            torch.testing.assert_close(gc[n], ge[n], atol=5e-5, rtol=1e-3)
+        eager.zero_grad(set_to_none=True)
+        comp.zero_grad(set_to_none=True)
+        monkeypatch.setattr(dynamo_config, "error_on_recompile", True)
+
+
+def test_liger_ops_equal_eager(monkeypatch):
+    """model.liger=on: liger-kernel's RMSNorm, RoPE and SwiGLU give the eager loss and grads."""
+    pytest.importorskip("liger_kernel")
+    from types import SimpleNamespace
+
+    from transformers.models.llama import modeling_llama
+
+    from megajepa.model import optimize
+
+    for name in ("LlamaRMSNorm", "LlamaMLP", "apply_rotary_pos_emb"):  # undone after the test
+        monkeypatch.setattr(modeling_llama, name, getattr(modeling_llama, name))
+
+    b = pack(random_examples(24, seed=7, max_len=40), 256, k=3, pred_ids=PRED_IDS, pad_id=PAD)
+    eager, lig = tiny_model("flex_attention").cuda(), tiny_model("flex_attention").cuda()
+    (e, ge) = _step(eager, b)  # before the patch: liger swaps Llama's module classes globally
+    assert optimize(lig, SimpleNamespace(compile="off", liger="on", checkpointing=False),
+                    "cuda")["liger"]
+    assert lig.model.norm._get_name() == "LigerRMSNorm"
+    l, gl = _step(lig, b)
+    torch.testing.assert_close(l.loss, e.loss, atol=1e-4, rtol=1e-4)
+    for n in ge:
+        torch.testing.assert_close(gl[n], ge[n], atol=1e-4, rtol=1e-3)
+
+
+def test_random_init_is_built_on_the_gpu():
+    from megajepa.model import build_model
+
+    m = build_model(preset="tiny", vocab_size=100, seed=0)
+    assert next(m.parameters()).device.type == "cuda"

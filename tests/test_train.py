@@ -41,8 +41,10 @@ def store(tmp_path_factory):
     return str(d / "store")
 
 
-def run(args, *, env=None, check=True, launcher=None, timeout=600):
-    cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, "pretrain.py")] + args
+def run(args, *, env=None, check=True, launcher=None, timeout=600, fault=None):
+    """``pretrain.py args``; ``fault`` runs it through tests/fault_run.py with that fault."""
+    script = ["pretrain.py"] if fault is None else [os.path.join("tests", "fault_run.py"), fault]
+    cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, script[0])] + script[1:] + args
     e = dict(os.environ, **(env or {}))
     p = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
@@ -51,8 +53,11 @@ def run(args, *, env=None, check=True, launcher=None, timeout=600):
 
 
 def metrics(run_dir):
+    """metrics.jsonl's records, parsed as strict JSON (NaN / Infinity are not JSON)."""
+    def refuse(name):
+        raise ValueError(f"metrics.jsonl holds {name}, which is not JSON")
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        return [json.loads(line, parse_constant=refuse) for line in fh if line.strip()]
 
 
 def losses(run_dir):
@@ -136,7 +141,7 @@ def test_killed_save_leaves_previous_checkpoint_loadable(store, reference_run, t
 
     d = str(tmp_path / "crash")
     args = ["--data.train", store, "--steps", "8", "--run-dir", d, "--train.save_every", "4"] + COMMON
-    p = run(args, env={"MEGAJEPA_FAULT": "after_shards:8"}, check=False)
+    p = run(args, fault="kill_save:8", check=False)
     assert p.returncode == 137
     root = os.path.join(d, "checkpoints")
     assert os.path.isdir(os.path.join(root, "step_00000008"))  # the partial save is there...
@@ -148,14 +153,22 @@ def test_killed_save_leaves_previous_checkpoint_loadable(store, reference_run, t
 
 
 def test_nonfinite_loss_stop_and_skip(store, tmp_path):
+    """stop: the read point after the NaN (step 4, log_every 2) names step 3, exits 3 and saves
+    nothing past step 2. skip: the update of step 3 is dropped and training goes on."""
+    from megajepa.checkpoint import find_latest
+
     d = str(tmp_path / "nan")
-    args = ["--data.train", store, "--steps", "4", "--run-dir", d] + COMMON
-    p = run(args, env={"MEGAJEPA_FAULT": "nan_loss:3"}, check=False)
-    assert p.returncode == 3 and "non-finite loss at step 3" in p.stderr
+    args = ["--data.train", store, "--steps", "6", "--run-dir", d] + COMMON + [
+        "--train.log_every", "2", "--train.save_every", "2"]
+    p = run(args, fault="nan_loss:3", check=False)
+    assert p.returncode == 3 and "non-finite loss at step 3" in p.stderr, p.stderr[-2000:]
+    assert find_latest(os.path.join(d, "checkpoints")) == "step_00000002"
+    assert [m["step"] for m in metrics(d)] == [2]
     d2 = str(tmp_path / "nan_skip")
     args2 = ["--data.train", store, "--steps", "4", "--run-dir", d2,
              "--train.on_nonfinite", "skip"] + COMMON
-    p = run(args2, env={"MEGAJEPA_FAULT": "nan_loss:3"})
+    p = run(args2, fault="nan_loss:3")
+    assert "non-finite loss at step 3" in p.stdout + p.stderr
     m = metrics(d2)
     assert [x["skipped_steps"] for x in m] == [0, 0, 1, 1]
     assert all(torch.isfinite(torch.tensor(x["lm_loss"])) for x in m if x["step"] != 3)
@@ -277,7 +290,7 @@ def test_export_cli_and_resume_errors(reference_run, tmp_path):
     again = cli(reference_run, out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     missing = cli(str(tmp_path / "nope"), str(tmp_path / "hf2"))
-    assert missing.returncode == 2 and "no complete checkpoint" in missing.stderr
+    assert missing.returncode == 2 and "nope: does not exist" in missing.stderr
     assert not os.path.exists(tmp_path / "hf2")
     p = run(["--resume", str(tmp_path / "nope"), "--steps", "2", "--run-dir", str(tmp_path / "r")],
             check=False)
@@ -294,3 +307,89 @@ def test_fresh_start_in_a_used_run_dir_sets_old_checkpoints_aside(store, tmp_pat
     from megajepa.checkpoint import find_latest
     assert find_latest(os.path.join(d, "checkpoints")) == "step_00000003"
     assert [m["step"] for m in metrics(d)] == [1, 2, 3]   # one clean run in metrics.jsonl
+
+
+def test_attended_pairs_counts_the_mask():
+    """The loader's host-side count equals the allowed (q, kv) pairs of the dense mask."""
+    from conftest import PRED_IDS, random_examples
+    from megajepa.layout import PAD_DOC, pack
+    from megajepa.masking import dense_mask
+    from megajepa.metrics import attended_pairs
+
+    for seed, min_rows in ((0, 0), (1, 0), (2, 12)):  # (2, 12): empty padding rows too
+        b = pack(random_examples(30, seed=seed), 64, k=2, pred_ids=PRED_IDS, pad_id=0,
+                 min_rows=min_rows)
+        mask = dense_mask(b.doc_ids, b.roles).reshape(b.shape[0], 64, 64)
+        want = int((mask & (b.doc_ids != PAD_DOC)[:, :, None]).sum())
+        assert attended_pairs(b.doc_ids, b.roles) == attended_pairs(b.doc_ids.numpy(), b.roles) == want
+
+
+def _tally_run(device, world=1, rank=0, grad_accum=2, on_nonfinite="stop"):
+    from types import SimpleNamespace
+
+    from megajepa.config import Config
+    from megajepa.metrics import FlopCounter
+    from megajepa.model import build_model
+
+    cfg = Config()
+    cfg.optim.grad_accum, cfg.train.on_nonfinite = grad_accum, on_nonfinite
+    engine = SimpleNamespace(skipped_steps=0, get_global_grad_norm=lambda: 1.0)
+    return SimpleNamespace(
+        cfg=cfg, world=world, rank=rank, device=torch.device(device), start=0, engine=engine,
+        scheduler=SimpleNamespace(get_last_lr=lambda: [1e-3]),
+        loader=SimpleNamespace(epoch=0, seen={"examples": 0, "tokens": 0}),
+        flops=FlopCounter(build_model(preset="tiny", vocab_size=64).config), peak_tflops=0.0,
+        is_main=True, ckpt_root="ckpt", stp=None)
+
+
+def _stats(labels, pairs):
+    from types import SimpleNamespace
+    return SimpleNamespace(stp=None, num_pairs=pairs, stats=dict(real_tokens=10, examples=2, attended_pairs=40, capacity=16,
+                                      label_tokens=labels, pairs=pairs))
+
+
+def test_tally_never_reads_the_device_between_read_points(monkeypatch):
+    """On the meta device any host read raises: a step's counts and sums stay on the device."""
+    from megajepa import train as tr
+
+    monkeypatch.setattr(tr.dist, "all_reduce", lambda t, *a, **k: None)
+    tally = tr.Tally(_tally_run("meta", world=2, rank=1))
+    lm_den, jepa_den = tally.begin_step([_stats(3, 1), _stats(5, 3)])
+    assert lm_den.device.type == jepa_den.device.type == "meta"
+    for _ in range(2):
+        x = torch.ones((), device="meta")
+        tally.add(1, x, x, x, x, 2)
+    with pytest.raises(Exception):  # the read is where the host sees values
+        tally.read(1, None)
+
+
+def test_tally_global_means_and_first_nonfinite_step(monkeypatch):
+    """Oracle: the global means of hand-made micro-batch sums, as the engine would scale them."""
+    from megajepa import train as tr
+
+    monkeypatch.setattr(tr.dist, "all_reduce", lambda t, *a, **k: None)  # a world of one
+    run = _tally_run("cpu")
+    tally = tr.Tally(run)
+    lm_den, jepa_den = tally.begin_step([_stats(3, 1), _stats(5, 3)])
+    assert (lm_den.item(), jepa_den.item()) == (8 / 2, 4 / 2)  # global count / (gas * world)
+    for lm_sum, jepa_sum, cos, pairs in ((6.0, 1.0, 0.5, 1), (10.0, 3.0, 0.9, 3)):
+        lm, jepa = torch.tensor(lm_sum) / lm_den, torch.tensor(jepa_sum) / jepa_den
+        tally.add(1, lm + jepa, lm, jepa, torch.tensor(cos), pairs)
+    m, flags = tally.read(1, None)
+    assert m["lm_loss"] == pytest.approx(16 / 8) and m["jepa_loss"] == pytest.approx(4 / 4)
+    assert m["loss"] == pytest.approx(3.0) and m["cosine"] == pytest.approx((0.5 + 2.7) / 4)
+    assert flags == {"nonfinite": 0, "first_nonfinite_step": 0, "since": 0, "signal": False}
+    tr.check_finite(run, 1, flags, m)
+    tally.restart(1)
+    for step, value in ((2, float("nan")), (3, 1.0)):  # a NaN at step 2, read at step 3
+        tally.begin_step([_stats(3, 1), _stats(5, 3)])
+        for _ in range(2):
+            x = torch.tensor(value)
+            tally.add(step, x, x, x, x, 1)
+    m, flags = tally.read(3, signal=15)
+    assert flags == {"nonfinite": 2, "first_nonfinite_step": 2, "since": 1, "signal": True}
+    assert m["loss"] == pytest.approx(1.0) and m["step_time_s"] > 0
+    with pytest.raises(tr.NonFiniteLoss, match="non-finite loss at step 2"):
+        tr.check_finite(run, 3, flags, m)
+    run.cfg.train.on_nonfinite = "skip"
+    tr.check_finite(run, 3, flags, m)  # skip: reported, not raised

@@ -1,0 +1,59 @@
+"""Command-line plumbing shared by megajepa's tools (eval, export, analyze, scripts/sweep.py).
+
+* :class:`HelpFormatter`: descriptions print as written (plain text, no Sphinx markup), and
+  an option's default is appended as ``(default: X)`` only when it says something: not for
+  ``None``, ``False``, an empty string, or a help text that already names its default.
+* :func:`positive_int`: argparse type for counts that must be >= 1.
+* :func:`must_exist`: a missing input path is bad input, one line:
+  ``error: --data d.jsonl: does not exist`` (exit 2 through ``data_tools.errors.run_cli``);
+  :func:`output_dir`: an output folder that is a file, likewise.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from data_tools.errors import DataError
+
+__all__ = ["HelpFormatter", "positive_int", "must_exist", "output_dir"]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default:" in text or "(default" in text or not action.option_strings or default is argparse.SUPPRESS
+                or default is None or default is False or default == ""):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def must_exist(path, flag: str, *, kind: str = "any") -> str:
+    """``path`` as a string if it exists (``kind``: ``any``, ``file`` or ``dir``), else
+    :class:`DataError` naming the flag and the path."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise DataError(f"{flag} {path}: does not exist")
+    if kind == "file" and not os.path.isfile(path):
+        raise DataError(f"{flag} {path}: is a directory, expected a file")
+    if kind == "dir" and not os.path.isdir(path):
+        raise DataError(f"{flag} {path}: is a file, expected a directory")
+    return path
+
+
+def output_dir(path, flag: str = "--out") -> str:
+    """``path`` as a string unless it exists and is not a folder (then :class:`DataError`)."""
+    path = str(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(f"{flag} {path}: exists and is not a folder")
+    return path

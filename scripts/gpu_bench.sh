@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One device call per measurement kind on the lent GPU (each ends inside the 10-minute limit of
+# a call and leaves its tables in $OUT; docs/benchmarks.md says which figure comes from which).
+#
+# Prepare here:  bash ../shared/device/make-wheels.sh             DeepSpeed, liger-kernel -> .whl/
+#                bash scripts/gpu_prepare_anchor.sh <llm-jepa> <nlrx_synth_train.jsonl>   (anchor)
+# Run there:     bash scripts/gpu_bench.sh pretrain                carry=[".whl"]
+#                bash scripts/gpu_bench.sh speed                   carry=[".whl"]
+#                bash scripts/gpu_bench.sh anchor three            carry=[".whl", "third_party"]
+#                bash scripts/gpu_bench.sh anchor additive,ours    carry=[".whl", "third_party"]
+#                bash scripts/gpu_bench.sh tests                   carry=[".whl"]
+#                bash scripts/gpu_bench.sh stp                     carry=[".whl"]  (STP / next-token at 125m)
+# Then here:     python scripts/bench_report.py <files_at of each call> ...   (the headline rows)
+# Extra arguments go to the kind's script (e.g. `pretrain --rows llama-3.2-3b=1x4`); on a CPU the
+# pretrain and speed kinds run at a tiny size with the arguments in their scripts' docstrings.
+set -u
+kind=${1:-}
+case $kind in pretrain|speed|anchor|tests|stp) shift ;; *)
+  echo "usage: bash scripts/gpu_bench.sh pretrain|speed|anchor [three,additive,ours]|tests|stp [args]" >&2
+  exit 2 ;;
+esac
+OUT=${OUT:-/tmp/gpu_bench_out}
+work=/tmp/bench/$kind
+mkdir -p "$OUT" "$work"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site || exit 1
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; date -u;
+  python3 -c "import torch, triton, transformers, deepspeed; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__)"; } \
+  > "$OUT/device.txt" 2>&1
+cat "$OUT/device.txt"
+logs() {  # the runs' logs and metrics in one small archive (no stores, no checkpoints)
+  (cd "$work" && find . \( -name '*.log' -o -name 'metrics.jsonl' -o -name '*.md' -o -name '*.json' \) \
+     -not -path '*/store/*' -not -path '*/hf/*' -not -path '*/checkpoints/*' -print0 \
+   | tar czf "$OUT/$kind-logs.tgz" --null -T -)
+}
+case $kind in
+  pretrain)
+    timeout 560 python3 scripts/bench_pretrain.py --out "$work" "$@"; rc=$?
+    cp "$work"/pretrain.md "$work"/pretrain.json "$OUT"/ 2>/dev/null ;;
+  speed)
+    timeout 560 python3 scripts/bench_throughput.py --presets llama-3.2-1b --variants lm,single \
+      --options off,liger,layers,model --out "$work/speed.md" "$@"; rc=$?
+    cp "$work"/speed.md "$work"/speed.json "$OUT"/ 2>/dev/null ;;
+  anchor)
+    variants=${1:-three,additive,ours}
+    [ $# -gt 0 ] && shift
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site_anchor third_party/wheels/*.whl || exit 1
+    timeout 570 python3 scripts/bench_anchor.py --out "$work" --variants "$variants" \
+      --anchor-site /tmp/site_anchor "$@"; rc=$?
+    cp "$work"/anchor*.json "$OUT"/ 2>/dev/null ;;
+  stp)
+    timeout 560 python3 scripts/bench_stp.py --presets 125m --device cuda --reps 20 --out "$work/stp.md" "$@"; rc=$?
+    cp "$work"/stp.md "$OUT"/ 2>/dev/null ;;
+  tests)
+    timeout 500 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ "$@" 2>&1 | tee "$work/pytest.log"
+    rc=${PIPESTATUS[0]} ;;
+esac
+logs
+echo "== $kind: exit $rc"
+exit "$rc"
