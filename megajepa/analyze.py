@@ -33,6 +33,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from megajepa.cli import HelpFormatter, must_exist, output_dir, positive_int
+
 __all__ = ["last_token_states", "encode_pairs", "diagnostics", "tsne_points",
            "plot_singular_values", "plot_tsne", "log_diagnostics", "analyze", "main"]
 
@@ -200,34 +202,54 @@ def analyze(text: np.ndarray, code: np.ndarray, out, *, top_k: int = 100, tsne: 
     return diag
 
 
+DESCRIPTION = """\
+Representation diagnostics of the LLM-JEPA paper's appendix for (text, code)
+pairs: each view is run alone and read at its last token, after the final norm.
+Writes, in --out:
+  diagnostics.json     least-squares residual min_X ||Enc(Text) X - Enc(Code)||
+                       (Frobenius, spectral, relative), top singular values of
+                       Enc(Text) - Enc(Code), mean paired cosine
+  singular_values.png  those singular values, log scale
+  tsne.png             t-SNE of both clouds (not with --no-tsne)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m megajepa.analyze",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="Hugging Face model folder")
+    p = argparse.ArgumentParser(prog="python -m megajepa.analyze", description=DESCRIPTION,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model folder (e.g. a run's export/), or a run / "
+                        "checkpoint directory (exported on the fly)")
     p.add_argument("--data", required=True, help="chat-messages JSONL of (text, code) pairs")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--template", choices=("plain", "chat"), default="plain")
-    p.add_argument("--system-in-plain", action="store_true")
-    p.add_argument("--limit", type=int, default=1000, help="first N records (t-SNE is O(N^2))")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--top-k", type=int, default=100, help="singular values kept")
-    p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE picture")
+    p.add_argument("--out", required=True,
+                   help="output folder for diagnostics.json, singular_values.png, tsne.png")
+    p.add_argument("--template", choices=("plain", "chat"), default="plain",
+                   help="view layout, as in training: plain = <s> user <sep> / assistant </s>; "
+                        "chat = the tokenizer's chat template")
+    p.add_argument("--system-in-plain", action="store_true",
+                   help="plain template: put the system prompt before the user text (only if "
+                        "the training data was preprocessed with --system-in-plain)")
+    p.add_argument("--limit", type=positive_int, default=1000,
+                   help="first N records (t-SNE is O(N^2))")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="sequences per forward pass")
+    p.add_argument("--top-k", type=positive_int, default=100,
+                   help="singular values kept in diagnostics.json and the plot")
+    p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE picture (tsne.png)")
     p.add_argument("--seed", type=int, default=0, help="t-SNE seed")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cuda or cpu; default: cuda if available")
     return p
 
 
 def main(argv=None) -> dict:
-    from megajepa.eval.run import NotAModelDirectory, load_model, read_records
-
     args = build_parser().parse_args(argv)
+    must_exist(args.data, "--data", kind="file")
+    must_exist(args.model, "--model")
+    output_dir(args.out)
+    from megajepa.eval.run import load_model, read_records
+
     records = read_records(args.data, args.limit)
     start = time.time()
-    try:
-        model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
-    except NotAModelDirectory as e:
-        raise SystemExit(f"error: {e}") from None
+    model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
     text, code = encode_pairs(model, tokenizer, records, template=args.template,
                               batch_size=args.batch_size, system_in_plain=args.system_in_plain)
     diag = analyze(text, code, args.out, top_k=args.top_k, tsne=not args.no_tsne,

@@ -9,6 +9,14 @@ gets the weights (safetensors), ``config.json``, ``generation_config.json`` and 
 tokenizer, so ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``
 load it and ``generate`` stops at the tokenizer's end-of-sequence token. It is written to a
 temporary folder and renamed into place: a failed export leaves no partial folder.
+
+A model trained with the plain prompt template gets a chat template that renders exactly the
+token ids training saw (:func:`plain_chat_template`), so ``tokenizer.apply_chat_template(
+[{"role": "user", "content": ...}], add_generation_prompt=True)`` is the prompt::
+
+    [<s>] enc(user) [<sep>]   ->  the model continues with  enc(assistant) [</s>]
+
+A model trained with the chat template keeps its tokenizer's own chat template.
 """
 from __future__ import annotations
 
@@ -21,10 +29,26 @@ import torch
 import yaml
 
 from megajepa import checkpoint
+from megajepa.cli import HelpFormatter
 from megajepa.config import from_dict
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _PREFIX = "lm."  # JepaModule wraps the causal LM
+_NOT_LM = ("stp_predictor.", "sigreg_head.")  # JepaModule's training-only modules: not part of the export
+
+DESCRIPTION = """\
+Export a training checkpoint to a Hugging Face folder: weights, config, and the
+tokenizer with a chat template that renders training's prompt, so plain
+transformers (AutoModelForCausalLM, AutoTokenizer.apply_chat_template) load it
+and generate from it. ZeRO-1/2/3 shards are consolidated; the folder is written
+under a temporary name and renamed into place: a failed export leaves nothing."""
+
+# Probe pairs for the chat template check: words, symbols, doubled and trailing spaces, a
+# tab, a newline, non-ASCII. Each must tokenize exactly as training's layout does.
+_PROBES = (("lines with the word dog", ".*dog.*"), ("x", "y"),
+           ("two  spaces, a tab\there and a trailing space ", "([A-Z])|(\\b[0-9]{3,}\\b)"),
+           ("Line one\nline two", "(.*[aeiou].*){2,}"), ("naïve café, 42%!", "~(.*x.*)&(..)"))
+_PROBE_SYSTEM = "Convert natural language to regular expression."
 
 
 def consolidated_state_dict(root: str, tag: str) -> dict:
@@ -34,12 +58,16 @@ def consolidated_state_dict(root: str, tag: str) -> dict:
     has_optim_shards = any("optim_states" in f for f in os.listdir(path))
     if has_optim_shards:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+
+        from megajepa.console import quiet
+        with quiet("zero_to_fp32"):  # its prints and progress bar are chatter
+            state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
     elif os.path.exists(stage0):
         state = torch.load(stage0, map_location="cpu", weights_only=False)["module"]
     else:
         raise FileNotFoundError(f"{path} holds no DeepSpeed model states")
-    return {k[len(_PREFIX):] if k.startswith(_PREFIX) else k: v.float() for k, v in state.items()}
+    return {k[len(_PREFIX):] if k.startswith(_PREFIX) else k: v.float() for k, v in state.items()
+            if not k.startswith(_NOT_LM)}
 
 
 def _skeleton(cfg, vocab_size: int):
@@ -60,16 +88,123 @@ def _tokenizer_dir(cfg, tag_dir: str) -> str:
     if cfg.data.tokenizer:
         return cfg.data.tokenizer
     from data_tools.store import open_store
-    if cfg.data.train:
-        return open_store(cfg.data.train).tokenizer_path
+    from megajepa.data import train_store_path
     run_dir = os.path.dirname(os.path.dirname(tag_dir))
-    return os.path.join(run_dir, "embedded", "train_store", "tokenizer")
+    return open_store(train_store_path(cfg, run_dir)).tokenizer_path
+
+
+def _jinja_str(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _render(bos, sep: str, eos: str, system_in_plain: bool) -> str:
+    """Jinja source of the plain layout: ``bos [system \\n] (user sep | assistant eos)*``."""
+    tail = ("{%- elif m['role'] == 'system' -%}{{ m['content'] ~ '\\n' }}"
+            if system_in_plain else "")
+    return ("{{- " + (_jinja_str(bos) if bos else "''") + " -}}"
+            "{%- for m in messages -%}"
+            "{%- if m['role'] == 'user' -%}{{ m['content'] }}" + sep
+            + "{%- elif m['role'] == 'assistant' -%}{{ m['content'] }}" + eos
+            + tail + "{%- endif -%}{%- endfor -%}")
+
+
+def _chat_ids(tokenizer, messages, generation: bool) -> list:
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=generation,
+                                        tokenize=True)
+    if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
+        out = out["input_ids"]
+    return [int(t) for t in out]
+
+
+def _metaspaces(pre) -> list:
+    """The Metaspace pre-tokenizers in ``pre`` (a Sequence is walked)."""
+    from tokenizers import pre_tokenizers
+
+    if isinstance(pre, pre_tokenizers.Metaspace):
+        return [pre]
+    out = []
+    if isinstance(pre, pre_tokenizers.Sequence):
+        i = 0
+        while True:
+            try:
+                out += _metaspaces(pre[i])
+            except IndexError:
+                return out
+            i += 1
+    return out
+
+
+def _reproduces(tokenizer, expected, system, system_in_plain: bool) -> bool:
+    """The chat template and the tokenizer give training's ids on every probe pair."""
+    from data_tools.templates import prompt_ids
+
+    head = [{"role": "system", "content": system}] if system else []
+    for (user, answer), (prompt, (text, code)) in zip(_PROBES, expected):
+        turn = head + [{"role": "user", "content": user}]
+        if (_chat_ids(tokenizer, turn, True) != prompt
+                or prompt_ids(tokenizer, user, system=system,
+                              system_in_plain=system_in_plain) != prompt
+                or _chat_ids(tokenizer, turn + [{"role": "assistant", "content": answer}],
+                             False) != text + code):
+            return False
+    return True
+
+
+def plain_chat_template(tokenizer, *, system_in_plain: bool = False):
+    """Set a chat template on ``tokenizer`` that reproduces ``data_tools.templates``' plain
+    layout token for token, and return it; None (tokenizer unchanged) when none does.
+
+    A chat template is rendered to one string, so every text after a special token is
+    tokenized as a continuation. A SentencePiece tokenizer (the converted kind, Metaspace
+    with ``prepend_scheme="first"``) gives the word-start marker only to the first
+    segment, while training encodes each view on its own (``▁lines`` vs ``l ines``); for
+    those the exported tokenizer prepends it to every segment (``"always"``), which changes
+    nothing for a text encoded alone unless it starts with whitespace. Candidates are checked
+    on probe pairs: prompt and prompt + answer ids must equal training's.
+    """
+    import copy
+
+    from data_tools.templates import SEP_TOKEN, pair_views, prompt_ids
+
+    system = _PROBE_SYSTEM if system_in_plain else None
+    reference = copy.deepcopy(tokenizer)  # the tokenizer as training used it
+    expected = [(prompt_ids(reference, u, system=system, system_in_plain=system_in_plain),
+                 pair_views(reference, u, a, system=system, system_in_plain=system_in_plain))
+                for u, a in _PROBES]
+    old = tokenizer.chat_template
+    tokenizer.chat_template = _render(tokenizer.bos_token, SEP_TOKEN, tokenizer.eos_token,
+                                      system_in_plain)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    firsts = [m for m in (_metaspaces(backend.pre_tokenizer) if backend else [])
+              if str(m.prepend_scheme) == "first"]
+    for always in ([False, True] if firsts else [False]):
+        for m in firsts:
+            m.prepend_scheme = "always" if always else "first"
+        if _reproduces(tokenizer, expected, system, system_in_plain):
+            return tokenizer.chat_template
+    for m in firsts:
+        m.prepend_scheme = "first"
+    tokenizer.chat_template = old
+    return None
+
+
+def _system_in_plain(cfg) -> bool:
+    """Whether the training store put the system prompt into the plain prompt."""
+    if not cfg.data.train:
+        return False
+    from data_tools.store import open_store
+    try:
+        return bool(open_store(cfg.data.train).manifest["source"].get("system_in_plain", False))
+    except Exception:  # noqa: BLE001 - a store that moved: the default layout
+        return False
 
 
 def export(checkpoint_path: str, out_dir: str, *, dtype: str = "auto",
            overwrite: bool = False) -> str:
     from data_tools.tokenizer import load_tokenizer
 
+    if not os.path.exists(checkpoint_path):
+        raise FileNotFoundError(f"checkpoint {checkpoint_path}: does not exist")
     root, tag = checkpoint.resolve_checkpoint(checkpoint_path)
     tag_dir = os.path.join(root, tag)
     with open(os.path.join(tag_dir, "config.yaml")) as fh:
@@ -98,6 +233,11 @@ def export(checkpoint_path: str, out_dir: str, *, dtype: str = "auto",
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(model.config, name, getattr(tok, name))
         setattr(model.generation_config, name, getattr(tok, name))
+    if cfg.data.template == "plain" and plain_chat_template(
+            tok, system_in_plain=_system_in_plain(cfg)) is None:
+        print(f"warning: no chat template written to {out_dir}: this tokenizer's plain prompt "
+              "cannot be rendered by one; build prompts with data_tools.templates.prompt_ids",
+              file=sys.stderr)
 
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
@@ -119,15 +259,22 @@ def export(checkpoint_path: str, out_dir: str, *, dtype: str = "auto",
     return out_dir
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megajepa.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="run dir, its checkpoints/ dir, or a step_* dir")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m megajepa.export", description=DESCRIPTION,
+                                formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", help="a run dir, its checkpoints/ dir (the latest complete "
+                                      "checkpoint is used), or one step_* dir")
     p.add_argument("out_dir", help="Hugging Face folder to write")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                   help="weights dtype (auto: bf16 if trained in bf16, else fp32)")
+                   help="weights dtype; auto = bf16 if trained in bf16, else fp32")
     p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    from megajepa.console import prepare
+    prepare()  # no DeepSpeed accelerator warning, no transformers progress bars
     try:
         out = export(a.checkpoint, a.out_dir, dtype=a.dtype, overwrite=a.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:

@@ -2,14 +2,18 @@
 """Collapse check of the JEPA read-outs of exported models: paired vs unrelated cosines.
 
 For N (text, code) pairs of a chat JSONL, each pair is laid out exactly as training lays it
-out (``megajepa.layout.pack``: ``text code <pred_1..k>`` in one document, ``code`` alone in
-the next) and run through ``megajepa.objective.hidden_states`` (the trainer's packed
-forward and attention mask). The JEPA read-outs are the rows the loss uses:
+out (``megajepa.collapse.jepa_readouts``: ``megajepa.layout.pack`` with the run's ``k`` and
+``read_at``, ``text code <pred_1..k>`` in one document, ``code`` alone in the next) and run
+through the trainer's packed forward and attention mask. The JEPA read-outs are the rows the
+loss uses:
 
     Pred(Enc(Text)) = final-norm hidden state at <pred_k> (at the text's last token if k=0)
     Enc(Code)       = final-norm hidden state at </s> of the code view run alone
+                      (read_at=last: at the code's last content token, the one before </s>;
+                      the text's read-out is then also before its end token when k=0)
 
-Reported per model (cosines on L2-normalized read-outs):
+Reported per model (cosines on L2-normalized read-outs; the numbers other than ``top1`` are
+``megajepa.collapse.collapse_metrics``, which the training process logs every eval_every):
 
 * ``paired_cos``     mean cos(Pred_i, Code_i)                  (what the JEPA loss pushes up)
 * ``shuffled_cos``   mean cos(Pred_i, Code_pi(i)), pi a random derangement (unrelated pairs)
@@ -23,15 +27,16 @@ Reported per model (cosines on L2-normalized read-outs):
                      vector, up to D for spread-out embeddings
 
 A model collapsed onto one vector has paired = shuffled = code_code = pred_pred ~ 1 and
-``top1`` at chance. ``k`` is read from the run's ``config.yaml`` (the export's parent
-folder) when present; a next-token baseline (k=0) is read with ``--baseline-k`` predictor
-tokens so that its numbers are comparable (its ``<pred>`` embeddings are untrained).
+``top1`` at chance. ``k`` and ``read_at`` are read from the run's ``config.yaml`` (the
+export's parent folder) when present; a next-token baseline (k=0) is read with
+``--baseline-k`` predictor tokens so that its numbers are comparable (its ``<pred>``
+embeddings are untrained).
 
 Example::
 
-    python scripts/collapse_check.py --data /work/shared/data/nlrx_synth_test.jsonl \\
-        --limit 500 baseline=/tmp/res/sweep/baseline/seed0/export \\
-        "jepa k3=/tmp/res/sweep/k3_lbd2/seed0/export"
+    python scripts/collapse_check.py --data path/to/nlrx_synth_test.jsonl \\
+        --limit 500 baseline=runs/res/sweep/baseline/seed0/export \\
+        "jepa k3=runs/res/sweep/k3_lbd2/seed0/export"
 
 Prints one JSON line per model (and appends them to ``--out`` if given).
 """
@@ -59,15 +64,13 @@ def _run_k(export_dir: Path):
 
 
 def readouts(model, tokenizer, records, *, k: int, seq_len: int = 256, template: str = "plain",
-             rows_per_forward: int = 16):
+             rows_per_forward: int = 16, read_at: str = "end"):
     """``(pred [N, D], code [N, D])`` JEPA read-outs of ``records`` in input order."""
-    import torch
-
     from data_tools.templates import pair_views
     from data_tools.tokenizer import pred_ids as tok_pred_ids
+    from megajepa.collapse import jepa_readouts
     from megajepa.eval.run import as_record
-    from megajepa.layout import Example, example_cost, pack, plan_rows
-    from megajepa.objective import hidden_states
+    from megajepa.layout import Example
 
     pids = tok_pred_ids(tokenizer)
     if len(pids) < k:
@@ -77,67 +80,27 @@ def readouts(model, tokenizer, records, *, k: int, seq_len: int = 256, template:
         t, c = pair_views(tokenizer, r["user"], r["assistant"], system=r.get("system"),
                           template=template)
         examples.append(Example("pair", [t, c]))
-    costs = [example_cost(ex, k=k) for ex in examples]
-    too_long = [i for i, c in enumerate(costs) if c > seq_len]
-    if too_long:
-        raise SystemExit(f"error: {len(too_long)} pairs longer than --seq-len {seq_len} "
-                         f"(first: record {too_long[0]}, {costs[too_long[0]]} tokens)")
-    rows = plan_rows(costs, seq_len)
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pred_out, code_out, order = [], [], []
-    with torch.no_grad():
-        for start in range(0, len(rows), rows_per_forward):
-            chunk = rows[start:start + rows_per_forward]
-            ids = [i for members in chunk for i in members]
-            local = [[ids.index(i) for i in members] for members in chunk]
-            batch = pack([examples[i] for i in ids], seq_len, k=k, pred_ids=pids, pad_id=pad,
-                         rows=local).to(device)
-            h = hidden_states(model, batch.input_ids, batch.position_ids, batch.doc_ids,
-                              batch.roles)
-            flat = h.reshape(-1, h.shape[-1]).float()
-            pred_out.append(flat.index_select(0, batch.pred_index).cpu().numpy())
-            code_out.append(flat.index_select(0, batch.target_index).cpu().numpy())
-            order += ids  # pairs are emitted row by row, member by member
-    pred, code = np.concatenate(pred_out), np.concatenate(code_out)
-    inv = np.empty(len(order), dtype=np.int64)
-    inv[np.asarray(order)] = np.arange(len(order))
-    return pred[inv].astype(np.float64), code[inv].astype(np.float64)
-
-
-def _offdiag_mean(x: np.ndarray) -> float:
-    g = x @ x.T
-    n = len(x)
-    return float((g.sum() - np.trace(g)) / (n * (n - 1)))
-
-
-def _eff_rank(x: np.ndarray) -> float:
-    s = np.linalg.svd(x, compute_uv=False)
-    p = s / s.sum()
-    p = p[p > 0]
-    return float(np.exp(-(p * np.log(p)).sum()))
+    try:
+        return jepa_readouts(model, examples, k=k, pred_ids=pids, pad_id=pad, seq_len=seq_len,
+                             read_at=read_at, rows_per_forward=rows_per_forward)
+    except ValueError as e:  # "example i: ..." is record i
+        raise SystemExit(f"error: record {str(e).removeprefix('example ')} (--seq-len)") from None
 
 
 def collapse_stats(pred: np.ndarray, code: np.ndarray, codes_text, *, seed: int = 0) -> dict:
     """The numbers of the module docstring for read-outs ``[N, D]``."""
+    from megajepa.collapse import collapse_metrics, derangement
+
+    out = collapse_metrics(pred, code, seed=seed)
     n = len(pred)
     norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    p, c = norm(pred), norm(code)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    perm = np.empty(n, dtype=np.int64)
-    perm[order] = np.roll(order, -1)      # a derangement: i -> the next index of a random cycle
-    sim = p @ c.T
-    nearest = sim.argmax(1)
+    nearest = (norm(pred) @ norm(code).T).argmax(1)
+    perm = derangement(n, seed)           # the pairing of shuffled_cos
     same = np.asarray([codes_text[i] == codes_text[j] for i, j in enumerate(nearest)])
     shuffled_same = np.asarray([codes_text[i] == codes_text[perm[i]] for i in range(n)])
-    return dict(n=n, dim=int(pred.shape[1]),
-                paired_cos=float((p * c).sum(1).mean()),
-                shuffled_cos=float((p * c[perm]).sum(1).mean()),
-                code_code_cos=_offdiag_mean(c), pred_pred_cos=_offdiag_mean(p),
-                top1=float(same.mean()), top1_chance=float(1.0 / n),
-                shuffled_same_code=int(shuffled_same.sum()),
-                eff_rank_code=_eff_rank(c), eff_rank_pred=_eff_rank(p))
+    return dict(out, top1=float(same.mean()), top1_chance=float(1.0 / n),
+                shuffled_same_code=int(shuffled_same.sum()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=500, help="first N records")
     p.add_argument("--k", type=int, default=None,
                    help="predictor tokens (default: jepa.k of the run's config.yaml)")
+    p.add_argument("--read-at", choices=("end", "last"), default=None,
+                   help="where Enc(view) is read (default: jepa.read_at of the run's config.yaml, else end)")
     p.add_argument("--baseline-k", type=int, default=3,
                    help="predictor tokens used to read a model trained with k=0 (or no config)")
     p.add_argument("--seq-len", type=int, default=256, help="packed row length")
@@ -181,11 +146,12 @@ def main(argv=None) -> list:
         if jcfg is not None and not (run_k and jcfg.get("lbd")):
             jcfg = {"distance": None, "stopgrad_target": None}  # next-token only: no JEPA term
         k = args.k if args.k is not None else (run_k if run_k else args.baseline_k)
+        read_at = args.read_at or (_run_k(folder)[1] or {}).get("read_at") or "end"
         start = time.time()
         model, tokenizer = load_model(folder, device=args.device, dtype="float32")
         pred, code = readouts(model, tokenizer, records, k=k, seq_len=args.seq_len,
-                              template=args.template)
-        res = dict(model=label or str(folder), path=str(folder), k=k,
+                              template=args.template, read_at=read_at)
+        res = dict(model=label or str(folder), path=str(folder), k=k, read_at=read_at,
                    distance=(jcfg or {}).get("distance"),
                    stopgrad_target=(jcfg or {}).get("stopgrad_target"),
                    **{key: (round(v, 4) if isinstance(v, float) else v)

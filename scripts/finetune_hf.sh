@@ -23,8 +23,9 @@
 #   NGPUS      GPUs per node (default: all that nvidia-smi lists, 0 without a GPU)
 #   HOSTFILE   multi-node: a DeepSpeed hostfile ("node1 slots=8" per line); NNODES nodes
 #   OUT        output root (default runs/finetune_hf-$SIZE)
-#   DATA_DIR   folder with nlrx_synth_{train,test}.jsonl (chat messages); when absent the
-#              embedded NL-RX-style generator (data_tools.generate) writes a stand-in
+#   DATA_DIR   folder with nlrx_synth_{train,test}.jsonl (chat messages: python -m
+#              data_tools.get_nlrx --out <dir>); unset: the embedded NL-RX-style generator
+#              (data_tools.generate) writes a stand-in
 #   ARMS       which runs (default "next_token jepa")
 #   EVAL_LIMIT test records to evaluate (default 200 tiny, all at paper scale)
 # Rerunning continues: data steps are skipped when their output exists, training resumes
@@ -33,7 +34,6 @@ set -euo pipefail
 
 source "$(dirname "$0")/recipe_common.sh" "$@"
 OUT=${OUT:-runs/finetune_hf-$SIZE}
-DATA_DIR=${DATA_DIR:-/work/shared/data}
 ARMS=${ARMS:-next_token jepa}
 CONFIG=configs/nlrx_finetune_hf_$SIZE.yaml
 if [ "$SIZE" = tiny ]; then EVAL_LIMIT=${EVAL_LIMIT:-200}; else EVAL_LIMIT=${EVAL_LIMIT:-0}; fi
@@ -41,12 +41,13 @@ if [ "$SIZE" = paper ] && [ -z "${MODEL_DIR:-}" ]; then
   echo "paper scale needs MODEL_DIR=<local Hugging Face model folder> (e.g. Llama-3.2-1B-Instruct)" >&2
   exit 2
 fi
+nlrx_paths  # sets TRAIN_JSONL, TEST_JSONL; checks DATA_DIR before anything is written
 mkdir -p "$OUT"
 
 SECONDS=0
 
 # 1. data: NL-RX-SYNTH pairs (or the embedded generator's stand-in)
-nlrx_data  # sets TRAIN_JSONL, TEST_JSONL
+nlrx_data
 
 # 2. the model: a local HF folder; at tiny scale a random tiny Llama with its own tokenizer
 if [ -z "${MODEL_DIR:-}" ]; then

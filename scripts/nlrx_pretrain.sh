@@ -18,8 +18,9 @@
 #   NGPUS     GPUs per node (default: all that nvidia-smi lists, 0 without a GPU)
 #   HOSTFILE  multi-node: a DeepSpeed hostfile ("node1 slots=8" per line); NNODES nodes
 #   OUT       output root (default runs/nlrx_pretrain-$SIZE)
-#   DATA_DIR  folder with nlrx_synth_{train,test}.jsonl (chat messages); when absent the
-#             embedded NL-RX-style generator (data_tools.generate) writes a stand-in
+#   DATA_DIR  folder with nlrx_synth_{train,test}.jsonl (chat messages: python -m
+#             data_tools.get_nlrx --out <dir>); unset: the embedded NL-RX-style generator
+#             (data_tools.generate) writes a stand-in
 #   ARMS      which runs (default "next_token jepa")
 #   EVAL_LIMIT  test records to evaluate (default 200 tiny, all at paper scale)
 # Rerunning continues: data steps are skipped when their output exists, training resumes
@@ -28,17 +29,17 @@ set -euo pipefail
 
 source "$(dirname "$0")/recipe_common.sh" "$@"
 OUT=${OUT:-runs/nlrx_pretrain-$SIZE}
-DATA_DIR=${DATA_DIR:-/work/shared/data}
 ARMS=${ARMS:-next_token jepa}
 CONFIG=configs/nlrx_pretrain_$SIZE.yaml
 if [ "$SIZE" = tiny ]; then VOCAB=512; EVAL_LIMIT=${EVAL_LIMIT:-200}; else VOCAB=1000; EVAL_LIMIT=${EVAL_LIMIT:-0}; fi
+nlrx_paths  # sets TRAIN_JSONL, TEST_JSONL; checks DATA_DIR before anything is written
 mkdir -p "$OUT"
 
 SECONDS=0
 echo "== nlrx_pretrain: size=$SIZE ngpus=$NGPUS config=$CONFIG out=$OUT"
 
 # 1. data: NL-RX-SYNTH pairs (or the embedded generator's stand-in)
-nlrx_data  # sets TRAIN_JSONL, TEST_JSONL
+nlrx_data
 [ -f "$OUT/tokenizer/tokenizer.json" ] ||
   python -m data_tools.train_tokenizer "$TRAIN_JSONL" --out "$OUT/tokenizer" --vocab-size "$VOCAB" \
     --model bpe --k-pred 8 --overwrite

@@ -6,10 +6,10 @@
 # between paraphrases of one sentence; each is then fine-tuned on rotten_tomatoes
 # (review -> "Good"/"Bad", next-token loss) and scored by first-token classification accuracy.
 #
-#   scripts/paraphrase_then_classify.sh --size tiny    # embedded paraphrase groups, CPU
-#   NGPUS=8 scripts/paraphrase_then_classify.sh --size paper
-#   PARAPHRASE=/data/paraphrase PARAPHRASE_SPLIT=tapaco NGPUS=8 scripts/paraphrase_then_classify.sh --size paper
-#   scripts/paraphrase_then_classify.sh --size tiny -- --k 2   # extra flags: pretraining runs
+#   DATA_DIR=path/to/datasets scripts/paraphrase_then_classify.sh --size tiny    # embedded paraphrase groups, CPU
+#   DATA_DIR=path/to/datasets NGPUS=8 scripts/paraphrase_then_classify.sh --size paper
+#   DATA_DIR=path/to/datasets PARAPHRASE=/data/paraphrase PARAPHRASE_SPLIT=tapaco NGPUS=8 scripts/paraphrase_then_classify.sh --size paper
+#   DATA_DIR=path/to/datasets scripts/paraphrase_then_classify.sh --size tiny -- --k 2   # extra flags: pretraining runs
 #
 # Steps: groups (tiny: data_tools.generate --formats groups; paper: $PARAPHRASE through
 # datasets) -> tokenizer (data_tools.train_tokenizer) -> group store (data_tools.preprocess)
@@ -18,15 +18,17 @@
 # (preprocess --tokenizer <export>) -> fine-tune (--init-from <export>) -> export -> eval
 # (megajepa.eval --task classify).
 #
-# Environment (all optional):
+# Environment (all optional except the rotten_tomatoes files):
 #   SIZE              tiny | paper (or --size; default tiny)
 #   NGPUS             GPUs per node (default: all that nvidia-smi lists, 0 without a GPU)
 #   HOSTFILE          multi-node: a DeepSpeed hostfile ("node1 slots=8" per line); NNODES nodes
 #   OUT               output root (default runs/paraphrase_then_classify-$SIZE)
 #   PARAPHRASE        paper scale: datasets name or local path of cestwc/paraphrase
 #                     (default cestwc/paraphrase); PARAPHRASE_SPLIT (default quora)
-#   RT_TRAIN, RT_TEST rotten_tomatoes as chat-messages JSONL (default
-#                     $DATA_DIR/rotten_tomatoes_{train,test}.jsonl, DATA_DIR=/work/shared/data)
+#   DATA_DIR          folder with rotten_tomatoes_{train,test}.jsonl: rotten_tomatoes as
+#                     chat-messages JSONL (review -> "Good"/"Bad"), e.g. the LLM-JEPA authors'
+#                     github galilai-group/llm-jepa, datasets/; required (or RT_TRAIN and RT_TEST)
+#   RT_TRAIN, RT_TEST the two files by name (default $DATA_DIR/rotten_tomatoes_{train,test}.jsonl)
 #   ARMS              which pretraining runs (default "next_token jepa")
 #   EVAL_LIMIT        test reviews to evaluate (default 200 tiny, all at paper scale)
 # Rerunning continues: data steps are skipped when their output exists, training resumes
@@ -35,7 +37,10 @@ set -euo pipefail
 
 source "$(dirname "$0")/recipe_common.sh" "$@"
 OUT=${OUT:-runs/paraphrase_then_classify-$SIZE}
-DATA_DIR=${DATA_DIR:-/work/shared/data}
+if [ -z "${DATA_DIR:-}" ] && { [ -z "${RT_TRAIN:-}" ] || [ -z "${RT_TEST:-}" ]; }; then
+  echo "error: set DATA_DIR to a folder with rotten_tomatoes_{train,test}.jsonl (chat messages; github galilai-group/llm-jepa, datasets/), or RT_TRAIN and RT_TEST" >&2
+  exit 2
+fi
 RT_TRAIN=${RT_TRAIN:-$DATA_DIR/rotten_tomatoes_train.jsonl}
 RT_TEST=${RT_TEST:-$DATA_DIR/rotten_tomatoes_test.jsonl}
 PARAPHRASE=${PARAPHRASE:-cestwc/paraphrase}
@@ -45,7 +50,7 @@ PRETRAIN_CONFIG=configs/paraphrase_pretrain_$SIZE.yaml
 FINETUNE_CONFIG=configs/classify_finetune_$SIZE.yaml
 if [ "$SIZE" = tiny ]; then EVAL_LIMIT=${EVAL_LIMIT:-200}; else EVAL_LIMIT=${EVAL_LIMIT:-0}; fi
 for f in "$RT_TRAIN" "$RT_TEST"; do
-  [ -f "$f" ] || { echo "no $f: set RT_TRAIN/RT_TEST to rotten_tomatoes chat-messages JSONL" >&2; exit 2; }
+  [ -f "$f" ] || { echo "error: no $f: set DATA_DIR (or RT_TRAIN/RT_TEST) to rotten_tomatoes chat-messages JSONL" >&2; exit 2; }
 done
 mkdir -p "$OUT"
 

@@ -48,14 +48,23 @@ for arm in sys.argv[2:]:
 EOF
 }
 
-nlrx_data() {  # TRAIN_JSONL/TEST_JSONL: NL-RX-SYNTH from $DATA_DIR, else the embedded generator's stand-in
-  TRAIN_JSONL=$DATA_DIR/nlrx_synth_train.jsonl
-  TEST_JSONL=$DATA_DIR/nlrx_synth_test.jsonl
-  if [ ! -f "$TRAIN_JSONL" ] || [ ! -f "$TEST_JSONL" ]; then
-    echo "no NL-RX-SYNTH in $DATA_DIR: generating the embedded NL-RX-style dataset"
-    [ -f "$OUT/data/pairs_train.jsonl" ] ||
-      python -m data_tools.generate --out "$OUT/data" --train 8000 --test 2000 --formats pairs --seed 0
+nlrx_paths() {  # TRAIN_JSONL/TEST_JSONL: NL-RX-SYNTH in $DATA_DIR when it is set (a missing file: exit 2
+                # before anything is written), else the embedded generator's stand-in in $OUT/data
+  if [ -n "${DATA_DIR:-}" ]; then
+    TRAIN_JSONL=$DATA_DIR/nlrx_synth_train.jsonl
+    TEST_JSONL=$DATA_DIR/nlrx_synth_test.jsonl
+    for f in "$TRAIN_JSONL" "$TEST_JSONL"; do
+      [ -f "$f" ] || { echo "error: DATA_DIR=$DATA_DIR has no $(basename "$f") (python -m data_tools.get_nlrx --out <dir> writes NL-RX-SYNTH there; leave DATA_DIR unset to use the embedded generator)" >&2; exit 2; }
+    done
+  else
     TRAIN_JSONL=$OUT/data/pairs_train.jsonl
     TEST_JSONL=$OUT/data/pairs_test.jsonl
+  fi
+}
+
+nlrx_data() {  # writes the generator's stand-in when DATA_DIR is not set (after nlrx_paths)
+  if [ -z "${DATA_DIR:-}" ] && [ ! -f "$TRAIN_JSONL" ]; then
+    echo "DATA_DIR not set: generating the embedded NL-RX-style dataset in $OUT/data"
+    python -m data_tools.generate --out "$OUT/data" --train 8000 --test 2000 --formats pairs --seed 0
   fi
 }

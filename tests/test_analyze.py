@@ -130,7 +130,29 @@ def test_analyze_cli(tmp_path):
                                atol=1e-5)
 
 
-def test_tsne_points_shape():
+def test_tsne_keeps_known_clusters_apart_and_rows_in_order():
+    """Separable input: Enc(Text) in 2 tight clusters, Enc(Code) in 3 others, far apart in
+    16-D. In 2-D every point's nearest neighbours share its (view, cluster) label, so the
+    clusters survive and rows [:N] are the text, [N:] the code, in input order."""
+    from megajepa.analyze import plot_tsne
+
     rng = np.random.default_rng(0)
-    pts = tsne_points(rng.normal(size=(10, 5)), rng.normal(size=(10, 5)))
-    assert pts.shape == (20, 2) and np.isfinite(pts).all()
+    centers = rng.normal(size=(5, 16)) * 30
+    labels = np.array([0, 1] * 12 + [2, 3, 4] * 8)          # 24 text rows, 24 code rows
+    points = centers[labels] + rng.normal(size=(48, 16))
+    pts = tsne_points(points[:24], points[24:])
+    assert pts.shape == (48, 2) and np.isfinite(pts).all()
+    dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    nearest = np.argsort(dist, axis=1)[:, :4]
+    assert (labels[nearest] == labels[:, None]).all()
+    # ...and far apart: the closest pair of different clusters is farther than any point's
+    # distance to its own cluster's centroid.
+    cent = np.stack([pts[labels == c].mean(0) for c in range(5)])
+    spread = max(np.linalg.norm(pts[labels == c] - cent[c], axis=1).max() for c in range(5))
+    gap = dist[labels[:, None] != labels[None]].min()
+    assert gap > spread
+    fig = plot_tsne(pts)
+    text, code = fig.axes[0].collections[:2]
+    np.testing.assert_allclose(text.get_offsets(), pts[:24])
+    np.testing.assert_allclose(code.get_offsets(), pts[24:])

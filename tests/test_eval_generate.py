@@ -123,7 +123,8 @@ def test_eval_model_dir_resolution(tmp_path):
     assert tok.eos_token == "</s>" and not model.training
     data = tmp_path / "d.jsonl"
     _write(data, [("x", "y")])
-    with pytest.raises(SystemExit, match="not a Hugging Face model directory.*megajepa.export"):
+    from data_tools.errors import DataError
+    with pytest.raises(DataError, match="not a Hugging Face model directory.*megajepa.export"):
         main(["--model", str(tmp_path), "--data", str(data), "--task", "nlrx",
               "--out", str(tmp_path / "o")])
 
@@ -140,3 +141,16 @@ def test_bad_data_names_file_and_line(tmp_path):
     bad.write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
     with pytest.raises(DataError, match="bad.jsonl:1: no assistant"):
         read_records(bad)
+
+
+def test_read_records_keeps_an_unterminated_last_line(tmp_path):
+    from megajepa.eval.run import read_records
+
+    rows = [(f"lines with {w}", f".*{w}.*") for w in ("dog", "cat", "last")]
+    _write(tmp_path / "d.jsonl", rows)
+    text = (tmp_path / "d.jsonl").read_text()
+    assert text.endswith("\n")
+    (tmp_path / "d.jsonl").write_text(text.rstrip("\n"))  # as many editors save it
+    recs = read_records(tmp_path / "d.jsonl")
+    assert [(r["user"], r["assistant"]) for r in recs] == rows
+    assert len(read_records(tmp_path / "d.jsonl", limit=2)) == 2

@@ -41,7 +41,8 @@ def test_gsm8k_final_answer():
                      ("#### 1072 apples", False)]:
         assert score_gsm8k(pred, ref)["answer"] is ok, pred
     assert score_gsm8k("#### 12%", "#### 12")["answer"]
-    assert score_gsm8k("x\n#### 5", "x\n#### 5") == {"exact": True, "answer": True}
+    assert score_gsm8k("x\n#### 5", "x\n#### 5") == {"exact": True, "startswith": True,
+                                                      "answer": True}
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ HANG = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
 
 def test_sql_execution_match(db):
     ref = "SELECT name FROM item WHERE price = 1.5"
-    assert score_sql(ref, ref, db) == {"exact": True, "execution": True}
+    assert score_sql(ref, ref, db) == {"exact": True, "startswith": True, "execution": True}
     # order-insensitive without ORDER BY, multiset (duplicates count)
     assert score_sql("SELECT name FROM item WHERE price < 2 ORDER BY name DESC", ref,
                      db)["execution"]
@@ -139,3 +140,18 @@ def test_score_record_dispatch(db, tmp_path):
     assert score_record("nlrx", "dog|dog", {"assistant": "dog"})["semantic"]
     with pytest.raises(ValueError, match="unknown task"):
         score_record("mmlu", "A", {"assistant": "A"})
+
+
+def test_startswith_is_reported_for_every_generation_task(db):
+    """The paper's --startswith metric: the prediction begins with the reference (the model
+    may run on past it within max_new_tokens)."""
+    from megajepa.eval.tasks import METRICS
+
+    for task in ("nlrx", "gsm8k", "sql"):
+        assert "startswith" in METRICS[task]
+    assert score_gsm8k("x\n#### 5 and more", "x\n#### 5") == {
+        "exact": False, "startswith": True, "answer": False}
+    ref = "SELECT name FROM item WHERE price = 1.5"
+    s = score_sql(ref + " LIMIT 5", ref, db)
+    assert (s["exact"], s["startswith"], s["execution"]) == (False, True, True)
+    assert not score_sql("SELECT", ref, db)["startswith"]   # a prefix of the reference is not

@@ -37,6 +37,27 @@ def test_paired_ttest_fixed_numbers():
     assert paired_ttest_greater(base, cell)[1] == pytest.approx(1 - p)
 
 
+def test_paired_ttest_pairs_by_seed_not_by_dict_order():
+    """Cells and baseline gathered in different orders (runs finish in any order): the
+    test pairs seed with seed. Dict-order pairing gives another p here, so this can fail."""
+    by_seed_cell = {0: 0.61, 1: 0.52, 2: 0.74, 3: 0.58}
+    by_seed_base = {0: 0.55, 1: 0.50, 2: 0.66, 3: 0.57, 9: 0.99}   # seed 9: no partner
+    cell = {s: by_seed_cell[s] for s in (2, 0, 3, 1)}
+    base = {s: by_seed_base[s] for s in (1, 3, 9, 0, 2)}
+    ref = sps.ttest_rel([by_seed_cell[s] for s in range(4)], [by_seed_base[s] for s in range(4)],
+                        alternative="greater")
+    t, p, n = paired_ttest_greater(cell, base)
+    assert n == 4 and (t, p) == pytest.approx((ref.statistic, ref.pvalue))
+    common = [s for s in base if s in cell]
+    wrong = sps.ttest_rel(list(cell.values()), [base[s] for s in common], alternative="greater")
+    assert abs(wrong.pvalue - ref.pvalue) > 0.05
+    # ...and through the table code, whose dicts of metrics come in run-completion order.
+    cells = {(1, 1.0): {s: {"semantic": v} for s, v in cell.items()}}
+    baseline = {s: {"semantic": v} for s, v in base.items()}
+    assert cell_summary(cells[(1, 1.0)], "semantic", baseline)["p"] == pytest.approx(ref.pvalue)
+    assert f"| {ref.pvalue:.3g} |" in sweep_table(cells, baseline, ["semantic"], "semantic")
+
+
 def test_paired_ttest_degenerate():
     assert math.isnan(paired_ttest_greater({0: 0.5}, {0: 0.4})[1])
     assert math.isnan(paired_ttest_greater({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5})[1])  # const diff
@@ -67,9 +88,48 @@ def test_table_numbers():
         in table
 
 
-def test_heatmap_png(tmp_path):
-    plot_heatmap(FIXED_CELLS, "semantic", str(tmp_path / "h.png"), FIXED_BASE)
-    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+def table_grid(table, metric):
+    """The k × λ grid of a sweep table as ``(ks, lambdas, means in %)`` (NaN for n/a)."""
+    lines = table.split(f"### {metric}: k × λ")[1].strip().splitlines()
+    lbds = [float(x) for x in lines[0].strip("| ").split(" | ")[1:]]
+    ks, grid = [], []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = line.strip("| ").split(" | ")
+        ks.append(int(cells[0]))
+        grid.append([float("nan") if c == "n/a" else float(c.split()[0]) for c in cells[1:]])
+    return ks, lbds, np.array(grid)
+
+
+def test_heatmap_draws_the_table(tmp_path):
+    """The matrix drawn, its labels and the saved PNG's cell colours equal the table's grid."""
+    import matplotlib.image
+
+    cells = {**FIXED_CELLS, (4, 0.5): {0: {"semantic": 0.9}, 5: {"semantic": 0.8}}}
+    fig = plot_heatmap(cells, "semantic", str(tmp_path / "h.png"), FIXED_BASE)
+    ks, lbds, grid = table_grid(sweep_table(cells, FIXED_BASE, ["semantic"], "semantic"),
+                                "semantic")
+    assert (ks, lbds) == ([1, 2, 4], [0.5, 1.0, 2.0])
+    ax = fig.axes[0]
+    image = ax.images[0]
+    drawn = np.ma.filled(np.ma.masked_invalid(image.get_array()).astype(float), np.nan)
+    np.testing.assert_allclose(drawn, grid, atol=0.005 + 1e-9)   # the table rounds to 0.01
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "2", "4"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5", "1", "2"]
+    labels = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+              for t in ax.texts}
+    assert labels == {(i, j): f"{v:.1f}" for (i, j), v in np.ndenumerate(grid) if np.isfinite(v)}
+    # Pixels of the PNG, a quarter cell off each centre (clear of the annotation).
+    png = matplotlib.image.imread(tmp_path / "h.png")
+    height = png.shape[0]
+    for (i, j), v in np.ndenumerate(grid):
+        x, y = ax.transData.transform((j - 0.3, i - 0.3))
+        rgb = png[int(round(height - y)), int(round(x)), :3]
+        if np.isfinite(v):
+            np.testing.assert_allclose(rgb, image.cmap(image.norm(v))[:3], atol=2 / 255)
+        else:
+            assert np.allclose(rgb, 1.0), f"missing cell ({ks[i]}, {lbds[j]}) is painted {rgb}"
 
 
 # ------------------------------------------------------------ the script itself
@@ -135,10 +195,13 @@ def test_sweep_script_runs_resumes_and_reports(tmp_path):
 
 
 def test_sweep_dry_run_renders_default_commands(tmp_path):
+    (tmp_path / "my cfg.yaml").write_text("train: {steps: 10}\n")
+    (tmp_path / "test.jsonl").write_text(json.dumps({"messages": [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n")
     cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), "--out", str(tmp_path / "s"),
            "--ks", "4", "--lambdas", "2", "--seeds", "3", "--config", "my cfg.yaml",
            "--data", "test.jsonl", "--dry-run"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "pretrain.py --config 'my cfg.yaml' --jepa.k 4 --jepa.lbd 2 --seed 3 --run-dir" \
         in res.stdout
@@ -146,3 +209,101 @@ def test_sweep_dry_run_renders_default_commands(tmp_path):
     assert "-m megajepa.export" in res.stdout
     assert "-m megajepa.eval --model" in res.stdout and "k4_lbd2/seed3/export" in res.stdout
     assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------- inputs checked up front
+def _sweep_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_script", ROOT / "scripts" / "sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+RECORD = json.dumps({"messages": [{"role": "user", "content": "a"},
+                                  {"role": "assistant", "content": "b"}]}) + "\n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--data is needed"),                               # README's old command
+    (["--data", "missing.jsonl"], "--data missing.jsonl: no such file"),
+    (["--data", "bad.jsonl"], "--data bad.jsonl:2: malformed JSON"),
+    (["--data", "d.jsonl", "--config", "nope.yaml"], "--config nope.yaml: does not exist"),
+    (["--data", "d.jsonl", "--config", "broken.yaml"], "broken.yaml:2:1: invalid YAML"),
+    (["--data", "d.jsonl", "--config", "small.yaml"], "data.seq_len=4 is too small"),
+    (["--data", "d.jsonl", "--config", "nostore.yaml"], "data.train no_store: does not exist"),
+    (["--data", "d.jsonl", "--ks", "1,-2"], "--ks -2: must be a finite number >= 0"),
+    (["--data", "d.jsonl", "--lambdas", "1,nan"], "--lambdas nan: must be a finite number"),
+    (["--data", "d.jsonl", "--seeds", "0,1,0"], "--seeds lists a value twice"),
+    (["--data", "d.jsonl", "--metric", "bleu"], "--metric bleu: not a metric of --task nlrx"),
+    (["--data", "d.jsonl", "--eval-cmd", "{python} x {dataset}"],
+     "--eval-cmd: unknown placeholder {dataset}"),
+    (["--data", "d.jsonl", "--train-cmd", "{python} -c 'print({1: 2})'"],
+     "--train-cmd: unknown placeholder {1"),
+    (["--data", "d.jsonl", "--train-cmd", "echo {"], "--train-cmd 'echo {'"),
+    (["--data", "d.jsonl", "--metrics-file", "{run_dir}/{metrics}.json"],
+     "--metrics-file: unknown placeholder {metrics}"),
+    (["--data", "d.jsonl", "--train-cmd", "{python} {pretrain} --config {config}"],
+     "--train-cmd uses {config} but no --config is given"),
+])
+def test_sweep_checks_every_input_before_the_first_cell(tmp_path, monkeypatch, capsys, extra,
+                                                        message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text(RECORD)
+    (tmp_path / "bad.jsonl").write_text(RECORD + "{oops\n")
+    (tmp_path / "broken.yaml").write_text("model: {preset: tiny\n")
+    (tmp_path / "small.yaml").write_text("data: {seq_len: 4}\n")
+    (tmp_path / "nostore.yaml").write_text("data: {train: no_store}\n")
+    calls = tmp_path / "calls.txt"
+    train = FAKE_TRAIN.replace("CALLS", str(calls)) + (" {config}" if "--config" in extra else "")
+    argv = ["--out", "sw", "--ks", "1", "--lambdas", "1", "--seeds", "0", "--train-cmd", train,
+            *extra]
+    assert _sweep_main()(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not calls.exists() and not (tmp_path / "sw").exists()   # nothing ran or was written
+
+
+def test_sweep_without_config_runs_pretrain_defaults(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text(RECORD)
+    argv = ["--out", "sw", "--ks", "1", "--lambdas", "2", "--seeds", "0", "--data", "d.jsonl",
+            "--dry-run"]
+    assert _sweep_main()(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{ROOT / 'pretrain.py'} --jepa.k 1 --jepa.lbd 2 --seed 0 --run-dir sw/k1_lbd2/seed0" \
+        in out
+    assert "--config" not in out and not (tmp_path / "sw").exists()
+
+
+def test_sweep_reports_only_files_it_wrote(tmp_path, monkeypatch, capsys):
+    """A sweep whose JEPA cells all failed has no heatmap and does not claim one."""
+    monkeypatch.chdir(tmp_path)
+    fail_jepa = (f"{sys.executable} -c \"import sys, json, pathlib; d = pathlib.Path(sys.argv[2]); "
+                 "sys.exit(1) if sys.argv[1] != '0' else None; "
+                 "(d / 'eval').mkdir(parents=True, exist_ok=True); "
+                 "(d / 'eval' / 'metrics.json').write_text(json.dumps({{'exact': 0.5, "
+                 "'startswith': 0.5, 'semantic': 0.5}}))\" {k} {run_dir}")
+    argv = ["--out", "sw", "--ks", "1", "--lambdas", "1", "--seeds", "0", "--train-cmd",
+            "true", "--export-cmd", "", "--eval-cmd", fail_jepa]
+    assert _sweep_main()(argv) == 1
+    out = capsys.readouterr().out
+    assert not (tmp_path / "sw" / "heatmap.png").exists() and "heatmap.png" not in out
+    assert "report: sw/results.md, sw/results.json (no heatmap" in out
+    assert _sweep_main()(["--out", "elsewhere", "--report-only"]) == 2
+    assert "no finished cell under elsewhere" in capsys.readouterr().err
+
+
+def test_sweep_checks_the_config_with_each_cells_flags(tmp_path, monkeypatch, capsys):
+    """gamma 0 is a valid config, but not for the lambda=0 baseline cell the sweep adds."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text(RECORD)
+    (tmp_path / "g0.yaml").write_text("jepa: {gamma: 0.0}\n")
+    argv = ["--out", "sw", "--ks", "1", "--lambdas", "1", "--seeds", "0", "--data", "d.jsonl",
+            "--config", "g0.yaml", "--dry-run"]
+    assert _sweep_main()(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "g0.yaml" in err and "nothing to train" in err, err
+    assert _sweep_main()(argv + ["--no-baseline"]) == 0
+    assert "--config g0.yaml --jepa.k 1 --jepa.lbd 1" in capsys.readouterr().out

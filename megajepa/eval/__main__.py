@@ -1,7 +1,9 @@
 """``python -m megajepa.eval``: generate on a held-out JSONL and score it.
 
 Writes ``<out>/predictions.jsonl`` (prompt, reference, prediction, the task's booleans per
-record) and ``<out>/metrics.json``, and prints one summary line. Bad input exits with 2.
+record) and ``<out>/metrics.json``, and prints one summary line. Bad input (a missing file
+or model, a malformed record, a bad flag value) is one ``error:`` line and exit 2, before any
+output is written.
 """
 from __future__ import annotations
 
@@ -13,33 +15,42 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_tools.errors import run_cli
+from data_tools.errors import DataError, run_cli
+from megajepa.cli import HelpFormatter, must_exist, output_dir, positive_int
 from megajepa.eval import tasks
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m megajepa.eval",
-        description="Greedy generation + task metrics (exact, starts-with, regex semantic "
-                    "equivalence, GSM8K answer, SQL execution, first-token label).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Greedy generation on held-out (prompt, reference) pairs, scored per task.\n"
+                    "Writes <out>/predictions.jsonl (one row per record: prompt, reference,\n"
+                    "prediction, the task's per-record booleans) and <out>/metrics.json, and\n"
+                    "prints one summary line.",
+        formatter_class=HelpFormatter)
     p.add_argument("--model", required=True,
                    help="Hugging Face model folder, or a training run / checkpoint directory "
                         "(its export/ folder, else its latest checkpoint exported on the fly)")
     p.add_argument("--data", required=True, help="chat-messages JSONL (system?/user/assistant)")
-    p.add_argument("--task", required=True, choices=tasks.TASKS)
+    p.add_argument("--task", required=True, choices=tasks.TASKS,
+                   help="metrics: " + "; ".join(f"{t}: {', '.join(tasks.METRICS[t])}"
+                                                for t in tasks.TASKS))
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--db-dir", default=None,
                    help="folder of SQLite databases for --task sql (<db_id>/<db_id>.sqlite)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="generation length cap")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="prompts per generate call (left-padded, greedy)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128,
+                   help="generation length cap (the paper's startswith eval uses 128)")
     p.add_argument("--template", choices=("plain", "chat"), default="plain",
-                   help="prompt layout (data_tools.templates): plain = <s> user <sep>")
+                   help="prompt layout, as in training: plain = <s> user <sep>; chat = the "
+                        "tokenizer's chat template")
     p.add_argument("--system-in-plain", action="store_true",
-                   help="plain template: prefix the system prompt (as in training)")
-    p.add_argument("--limit", type=int, default=None, help="first N records only")
+                   help="plain template: put the system prompt before the user text (only if "
+                        "the training data was preprocessed with --system-in-plain)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N records only")
     p.add_argument("--sql-timeout", type=float, default=5.0, help="seconds per SQL query")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cuda or cpu; default: cuda if available")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto = bfloat16 on GPU, float32 on CPU")
     return p
@@ -63,16 +74,18 @@ def summary_line(metrics: dict, seconds: float, out: Path) -> str:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    from megajepa.eval.run import NotAModelDirectory, load_model, predict, read_records
+    must_exist(args.data, "--data", kind="file")
+    must_exist(args.model, "--model")
+    output_dir(args.out)
+    if args.task == "sql":
+        if not args.db_dir:
+            raise DataError("--task sql needs --db-dir (the folder of SQLite databases)")
+        must_exist(args.db_dir, "--db-dir", kind="dir")
+    from megajepa.eval.run import load_model, predict, read_records
 
-    if args.task == "sql" and not args.db_dir:
-        raise SystemExit("error: --task sql needs --db-dir")
     records = read_records(args.data, args.limit)
     start = time.time()
-    try:
-        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
-    except NotAModelDirectory as e:
-        raise SystemExit(f"error: {e}") from None
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     rows = predict(model, tokenizer, records, args.task, template=args.template,
                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                    db_dir=args.db_dir, sql_timeout_s=args.sql_timeout,

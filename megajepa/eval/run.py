@@ -11,7 +11,7 @@ generation is greedy (:mod:`megajepa.eval.generate`), so results are determinist
 """
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -23,8 +23,8 @@ __all__ = ["evaluate", "predict", "score_record", "read_records", "as_record", "
            "NotAModelDirectory"]
 
 
-class NotAModelDirectory(ValueError):
-    """``--model`` is not a folder ``from_pretrained`` can load."""
+class NotAModelDirectory(DataError, ValueError):
+    """``--model`` does not exist or is not a folder ``from_pretrained`` can load."""
 
 
 def as_record(obj, *, file: Optional[str] = None, line: Optional[int] = None) -> dict:
@@ -57,18 +57,16 @@ def as_record(obj, *, file: Optional[str] = None, line: Optional[int] = None) ->
 
 def read_records(path, limit: Optional[int] = None) -> list:
     """Records of a chat-messages JSONL file; bad lines raise ``DataError`` (file:line)."""
+    from data_tools.readers import iter_jsonl
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataError("no such file" if not os.path.exists(path) else "not a file", file=path)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            if limit is not None and len(out) >= limit:
-                break
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e.msg}", file=str(path), line=n) from None
-            out.append(as_record(obj, file=str(path), line=n))
+    for n, obj in iter_jsonl(path):
+        if limit is not None and len(out) >= limit:
+            break
+        out.append(as_record(obj, file=path, line=n))
     if not out:
         raise DataError("no records", file=str(path))
     return out
@@ -91,13 +89,14 @@ def score_record(task: str, prediction: str, rec: dict, db_dir=None,
             db = tasks.find_database(db_dir, rec.get("user", "") + rec.get("system", ""),
                                      rec.get("db_id"))
         except (ValueError, FileNotFoundError) as e:
-            return {"exact": prediction == reference, "execution": False, "error": str(e)}
+            return {**tasks.match_text(prediction, reference), "execution": False,
+                    "error": str(e)}
         return tasks.score_sql(prediction, reference, db, sql_timeout_s)
     raise ValueError(f"unknown task {task!r} (one of {', '.join(tasks.TASKS)})")
 
 
 def predict(model, tokenizer, records: Iterable, task: str, *, template: str = "plain",
-            batch_size: int = 16, max_new_tokens: int = 128, db_dir=None,
+            batch_size: int = 64, max_new_tokens: int = 128, db_dir=None,
             sql_timeout_s: float = 5.0, system_in_plain: bool = False) -> list:
     """Generate for every record and score it; one row per record, in order."""
     from data_tools.templates import prompt_ids
@@ -142,6 +141,8 @@ def load_model(path, *, device: Optional[str] = None, dtype: str = "auto"):
     import torch
 
     folder = Path(path)
+    if not folder.exists():
+        raise NotAModelDirectory(f"model {folder}: does not exist")
     if not (folder / "config.json").is_file() and (folder / "export" / "config.json").is_file():
         folder = folder / "export"
     if not (folder / "config.json").is_file():

@@ -11,14 +11,18 @@ task         per-example booleans
 nlrx         ``exact`` (pred == ref), ``startswith`` (pred.startswith(ref), the paper's
              pretraining metric), ``semantic`` (regex_equivalent; unparseable or too
              complex predictions count as wrong)
-gsm8k        ``exact``, ``answer``: the final answers after the last ``####`` are equal as
-             numbers (commas, ``$``, ``%``, a trailing period ignored)
-sql          ``exact``, ``execution``: both queries run on the example's SQLite database
-             (read-only, time-limited) and return the same rows: as multisets, or as
-             lists when the reference has ORDER BY; errors and timeouts count as wrong
+gsm8k        ``exact``, ``startswith``, ``answer``: the final answers after the last ``####``
+             are equal as numbers (commas, ``$``, ``%``, a trailing period ignored)
+sql          ``exact``, ``startswith``, ``execution``: both queries run on the example's
+             SQLite database (read-only, time-limited) and return the same rows: as
+             multisets, or as lists when the reference has ORDER BY; errors and timeouts
+             count as wrong
 classify     ``label``: the first word of the prediction equals the reference label
              (case-sensitive, trailing punctuation ignored), e.g. ``Good`` / ``Bad``
 ===========  ==========================================================================
+
+``startswith`` is the LLM-JEPA authors' ``--startswith`` metric (the prediction begins with
+the reference; generation may run on past it up to ``max_new_tokens``, 128 in the paper).
 """
 from __future__ import annotations
 
@@ -33,8 +37,14 @@ from typing import Optional
 from megajepa.eval.regex import RegexError, RegexTooComplexError, regex_equivalent
 
 TASKS = ("nlrx", "gsm8k", "sql", "classify")
-METRICS = {"nlrx": ("exact", "startswith", "semantic"), "gsm8k": ("exact", "answer"),
-           "sql": ("exact", "execution"), "classify": ("label",)}
+METRICS = {"nlrx": ("exact", "startswith", "semantic"),
+           "gsm8k": ("exact", "startswith", "answer"),
+           "sql": ("exact", "startswith", "execution"), "classify": ("label",)}
+
+
+def match_text(prediction: str, reference: str) -> dict:
+    """``exact`` and ``startswith``: the task-independent string metrics."""
+    return {"exact": prediction == reference, "startswith": prediction.startswith(reference)}
 
 
 # ------------------------------------------------------------------------ nlrx
@@ -51,8 +61,7 @@ def score_nlrx(prediction: str, reference: str) -> dict:
         semantic, error = False, "too_complex"
     except RegexError:
         semantic, error = False, "syntax"
-    return {"exact": prediction == reference, "startswith": prediction.startswith(reference),
-            "semantic": bool(semantic), "regex_error": error}
+    return {**match_text(prediction, reference), "semantic": bool(semantic), "regex_error": error}
 
 
 # ----------------------------------------------------------------------- gsm8k
@@ -90,7 +99,7 @@ def score_gsm8k(prediction: str, reference: str) -> dict:
         ok = pn == rn  # exact rational comparison: "3.0" == "3", "1,000" == "1000"
     else:
         ok = pa is not None and pa == ra
-    return {"exact": prediction == reference, "answer": bool(ok)}
+    return {**match_text(prediction, reference), "answer": bool(ok)}
 
 
 # ------------------------------------------------------------------------- sql
@@ -158,7 +167,7 @@ def score_sql(prediction: str, reference: str, db_path, timeout_s: float = 5.0) 
         ok = results_match(pred_rows, ref_rows, ordered=bool(_ORDER_BY.search(reference)))
     except (sqlite3.Error, SQLTimeout, ValueError, FileNotFoundError, OverflowError):
         ok = False
-    return {"exact": prediction == reference, "execution": bool(ok)}
+    return {**match_text(prediction, reference), "execution": bool(ok)}
 
 
 _DB_ID = re.compile(r"For db_id:\[(.+?)\]")
