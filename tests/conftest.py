@@ -1,5 +1,7 @@
 """Shared fixtures: tiny fp32 models and small mixed batches (no downloads, CPU only)."""
+import importlib.util
 import os
+from pathlib import Path
 
 import torch
 
@@ -10,9 +12,18 @@ import pytest
 
 from megajepa.layout import Example
 
+ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 120
 PRED_IDS = [110, 111, 112, 113]
 PAD = 0
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def tiny_model(attn="sdpa", seed=0):

@@ -7,24 +7,17 @@ with the Llama-3 RoPE and in the form transformers 4.x reads (theirs), our rows 
 hold about their examples per step, and the epoch times must be read from the right lines.
 The end-to-end CPU check needs the authors' code and pinned packages (opt-in, below).
 """
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ba = _load("bench_anchor")
+ba = load_script("bench_anchor")
 FLAGS = ["--train_file", "--model_name", "--output_dir", "--pretrain", "--predictors", "--lbd",
          "--last_token", "--num_epochs", "--batch_size", "--grad_accum", "--max_length",
          "--learning_rate", "--finetune_seed", "--eval_steps", "--additive_mask"]

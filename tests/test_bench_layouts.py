@@ -5,7 +5,6 @@ the tokens the objective's forwards actually run (single pass and the three-pass
 its pre-packed and padded three-pass steps must give the single-pass loss. Data: the
 embedded NL-RX generator with a character-level toy tokenizer (no files, no training).
 """
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,10 @@ import torch
 from data_tools import nlrx
 from megajepa import objective
 from megajepa.layout import Example, pack
-from conftest import PAD, PRED_IDS, tiny_model
+from conftest import PAD, PRED_IDS, load_script, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_layouts", ROOT / "scripts" / "bench_layouts.py")
-bl = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bl)
+bl = load_script("bench_layouts")
 
 K = 3
 

@@ -6,24 +6,17 @@ computed from it); the figures are time-weighted over the windows after the warm
 run's flags pass pretrain.py's own parser; the end-to-end tiny run (slow) writes the report
 the headline parser turns into rows.
 """
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bp = _load("bench_pretrain")
-br = _load("bench_report")
+bp = load_script("bench_pretrain")
+br = load_script("bench_report")
 
 
 def test_store_is_what_the_loader_reads_and_the_bound_counts_it(tmp_path):

@@ -1,7 +1,6 @@
 """First-hour UX of eval / export / analyze / sweep: a missing input is one ``error:`` line and
 exit 2 with nothing written; ``--help`` is plain text that lists every documented flag."""
 import argparse
-import importlib.util
 import os
 import re
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_tools.errors import run_cli
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ('{"messages": [{"role": "user", "content": "a"}, '
@@ -18,10 +18,7 @@ RECORD = ('{"messages": [{"role": "user", "content": "a"}, '
 
 
 def _sweep_module():
-    spec = importlib.util.spec_from_file_location("sweep_script", ROOT / "scripts" / "sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("sweep")
 
 
 def _eval_main(argv):

@@ -1,6 +1,5 @@
 """Collapse metrics against a direct numpy computation and on known inputs; the read-outs
 against sequences run alone."""
-import importlib.util
 import os
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 from megajepa.collapse import collapse_metrics, derangement, effective_rank, jepa_readouts
 from megajepa.layout import Example
 
-from conftest import PAD, PRED_IDS, random_examples
+from conftest import PAD, PRED_IDS, load_script, random_examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,9 +81,7 @@ def test_readouts_refuse_what_training_would_drop(sdpa_model):
 
 
 def test_collapse_check_script_reports_these_metrics():
-    spec = importlib.util.spec_from_file_location("collapse_check", os.path.join(ROOT, "scripts", "collapse_check.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("collapse_check")
     rng = np.random.default_rng(2)
     pred, code = rng.normal(size=(12, 5)), rng.normal(size=(12, 5))
     texts = [f"c{i % 4}" for i in range(12)]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from conftest import load_script
 from megajepa.stats import (best_cell, cell_summary, format_cell, mean_std,
                             paired_ttest_greater, plot_heatmap, sweep_table)
 
@@ -213,12 +214,7 @@ def test_sweep_dry_run_renders_default_commands(tmp_path):
 
 # ------------------------------------------------------- inputs checked up front
 def _sweep_main():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sweep_script", ROOT / "scripts" / "sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return load_script("sweep").main
 
 
 RECORD = json.dumps({"messages": [{"role": "user", "content": "a"},
