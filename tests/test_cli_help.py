@@ -72,6 +72,26 @@ def flags_in(tokens):
     return {m.group(0) for t in tokens if (m := FLAG.fullmatch(t.strip("[]").split("=")[0]))}
 
 
+PASS_THROUGH = "--train-flags"  # table1.py: a string of pretrain.py flags
+
+
+def split_pretrain_flags(tokens):
+    """``(tokens without the --train-flags values, the pretrain.py flags inside them)``."""
+    kept, passed, i = [], [], 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t == PASS_THROUGH and i + 1 < len(tokens):
+            passed += shlex.split(tokens[i + 1])
+            i += 2
+            continue
+        if t.startswith(PASS_THROUGH + "="):
+            passed += shlex.split(t.split("=", 1)[1])
+        else:
+            kept.append(t)
+        i += 1
+    return kept, passed
+
+
 def used_flags():
     """``{tool: (argv, {flags})}`` over every documented command (and nested templates)."""
     found = {}
@@ -93,6 +113,10 @@ def used_flags():
                 rest, extra = rest[:cut], rest[cut + 1:]
                 found.setdefault("pretrain.py", ([sys.executable, "pretrain.py"], set()))[1] \
                     .update(flags_in(extra))
+            rest, passed = split_pretrain_flags(rest)
+            if passed:
+                found.setdefault("pretrain.py", ([sys.executable, "pretrain.py"], set()))[1] \
+                    .update(flags_in(passed))
             found.setdefault(name, (argv, set()))[1].update(flags_in(rest))
 
     for cmd in doc_commands():
