@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from megajepa.cli import HelpFormatter, must_exist, output_dir, positive_int
+from megajepa.cli import HelpFormatter, add_template_args, must_exist, output_dir, positive_int
 
 __all__ = ["last_token_states", "encode_pairs", "diagnostics", "tsne_points",
            "plot_singular_values", "plot_tsne", "log_diagnostics", "analyze", "main"]
@@ -222,12 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="chat-messages JSONL of (text, code) pairs")
     p.add_argument("--out", required=True,
                    help="output folder for diagnostics.json, singular_values.png, tsne.png")
-    p.add_argument("--template", choices=("plain", "chat"), default="plain",
-                   help="view layout, as in training: plain = <s> user <sep> / assistant </s>; "
-                        "chat = the tokenizer's chat template")
-    p.add_argument("--system-in-plain", action="store_true",
-                   help="plain template: put the system prompt before the user text (only if "
-                        "the training data was preprocessed with --system-in-plain)")
+    add_template_args(p, "view layout")
     p.add_argument("--limit", type=positive_int, default=1000,
                    help="first N records (t-SNE is O(N^2))")
     p.add_argument("--batch-size", type=positive_int, default=32,

@@ -4,6 +4,8 @@
   an option's default is appended as ``(default: X)`` only when it says something: not for
   ``None``, ``False``, an empty string, or a help text that already names its default.
 * :func:`positive_int`: argparse type for counts that must be >= 1.
+* :func:`add_template_args`: ``--template`` and ``--system-in-plain``, as training laid out
+  the views (eval and analyze must build them the same way).
 * :func:`must_exist`: a missing input path is bad input, one line:
   ``error: --data d.jsonl: does not exist`` (exit 2 through ``data_tools.errors.run_cli``);
   :func:`output_dir`: an output folder that is a file, likewise.
@@ -15,7 +17,7 @@ import os
 
 from data_tools.errors import DataError
 
-__all__ = ["HelpFormatter", "positive_int", "must_exist", "output_dir"]
+__all__ = ["HelpFormatter", "positive_int", "must_exist", "output_dir", "add_template_args"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -57,3 +59,17 @@ def output_dir(path, flag: str = "--out") -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         raise DataError(f"{flag} {path}: exists and is not a folder")
     return path
+
+
+def add_template_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--template {plain,chat}`` and ``--system-in-plain``; ``what`` names the layout
+    (``"prompt layout"``, ``"view layout"``) and the plain form it shows."""
+    p.add_argument("--template", choices=("plain", "chat"), default="plain",
+                   help=f"{what}, as in training: plain = {_PLAIN[what]}; chat = the "
+                        "tokenizer's chat template")
+    p.add_argument("--system-in-plain", action="store_true",
+                   help="plain template: put the system prompt before the user text (only if "
+                        "the training data was preprocessed with --system-in-plain)")
+
+
+_PLAIN = {"prompt layout": "<s> user <sep>", "view layout": "<s> user <sep> / assistant </s>"}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from data_tools.errors import DataError, run_cli
-from megajepa.cli import HelpFormatter, must_exist, output_dir, positive_int
+from megajepa.cli import HelpFormatter, add_template_args, must_exist, output_dir, positive_int
 from megajepa.eval import tasks
 
 
@@ -42,12 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompts per generate call (left-padded, greedy)")
     p.add_argument("--max-new-tokens", type=positive_int, default=128,
                    help="generation length cap (the paper's startswith eval uses 128)")
-    p.add_argument("--template", choices=("plain", "chat"), default="plain",
-                   help="prompt layout, as in training: plain = <s> user <sep>; chat = the "
-                        "tokenizer's chat template")
-    p.add_argument("--system-in-plain", action="store_true",
-                   help="plain template: put the system prompt before the user text (only if "
-                        "the training data was preprocessed with --system-in-plain)")
+    add_template_args(p, "prompt layout")
     p.add_argument("--limit", type=positive_int, default=None, help="first N records only")
     p.add_argument("--sql-timeout", type=float, default=5.0, help="seconds per SQL query")
     p.add_argument("--device", default=None, help="cuda or cpu; default: cuda if available")
