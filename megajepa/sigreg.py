@@ -46,6 +46,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from megajepa.layout import to_device
+
 WHERE = ("both", "pred", "target")
 
 
@@ -79,8 +81,8 @@ def directions(dim: int, num_slices: int, step: int, *, seed: int = 0, device=No
     identical on every rank and every device without communication."""
     g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2 ** 63))
     a = torch.randn(dim, num_slices, generator=g, dtype=torch.float64)
-    a = a / a.norm(dim=0, keepdim=True)
-    return a.to(device=device, dtype=dtype)
+    a = (a / a.norm(dim=0, keepdim=True)).to(dtype)
+    return a if device is None else to_device(a, device)
 
 
 def quadrature(num_points: int = 17, t_max: float = 3.0, *, device=None, dtype=torch.float32):
@@ -95,7 +97,8 @@ def quadrature(num_points: int = 17, t_max: float = 3.0, *, device=None, dtype=t
     w = torch.full((num_points,), 2.0 * dt, dtype=torch.float64)
     w[0] = w[-1] = dt        # trapezoid ends; t = 0 counted once, as it should be
     phi = torch.exp(-0.5 * t * t)
-    return tuple(v.to(device=device, dtype=dtype) for v in (t, phi, w * phi))
+    out = (v.to(dtype) for v in (t, phi, w * phi))
+    return tuple(out) if device is None else tuple(to_device(v, device) for v in out)
 
 
 def local_sums(x: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

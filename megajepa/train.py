@@ -46,6 +46,7 @@ import torch.nn as nn
 
 from megajepa import checkpoint, config as config_mod, console, objective, schedule, stp
 from megajepa.ds_config import offloads_optimizer, resolve as resolve_ds, zero_stage
+from megajepa.layout import to_device
 from megajepa.loader import budget_steps
 from megajepa.metrics import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
 from megajepa.sigreg import ProjectionHead, jepa_sigreg
@@ -91,8 +92,8 @@ class JepaModule(nn.Module):
         loss, reg = out.loss, torch.zeros((), device=out.loss.device)
         if regularize:
             flat = out.hidden.reshape(-1, out.hidden.shape[-1])
-            reg = jepa_sigreg(flat, batch.pred_index.to(flat.device),
-                              batch.target_index.to(flat.device), step=micro_step, on=j.sigreg_on,
+            reg = jepa_sigreg(flat, to_device(batch.pred_index, flat.device),
+                              to_device(batch.target_index, flat.device), step=micro_step, on=j.sigreg_on,
                               head=self.sigreg_head, num_slices=j.sigreg_slices,
                               num_points=j.sigreg_points, seed=self.seed)
             loss = loss + j.sigreg * reg
@@ -131,7 +132,7 @@ class Run:
 
 def train(cfg: config_mod.Config) -> dict:
     run = setup(cfg)
-    engine, loader, gas = run.engine, run.loader, cfg.optim.grad_accum
+    engine, gas = run.engine, cfg.optim.grad_accum
     tally = Tally(run)
     stop = StopFlag(os.path.join(run.run_dir, STOP_FILE) if run.is_main else None)
     bar = _progress(run)
@@ -528,8 +529,7 @@ class Tally:
 
 def _device_tensor(values, device) -> torch.Tensor:
     """Host numbers as a float64 tensor on ``device`` (pinned, non-blocking copy on CUDA)."""
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+    return to_device(torch.tensor(values, dtype=torch.float64), device)
 
 
 def _grad_norm(engine) -> float:
