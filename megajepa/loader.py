@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from megajepa.layout import PackedBatch, example_cost, layout_cost, pack, plan_rows, truncate_to_fit
+from megajepa.layout import (PackedBatch, _check_read_at, example_cost, layout_cost, pack, plan_rows,
+                             truncate_to_fit)
 from megajepa.metrics import attended_pairs
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,7 @@ class PackedLoader:
             raise ValueError("micro_batch_rows must be >= 1")
         if micro_batch_examples < 0:
             raise ValueError(f"micro_batch_examples must be >= 0, got {micro_batch_examples}")
-        if read_at not in ("end", "last"):
-            raise ValueError(f"read_at must be end or last, got {read_at!r}")
+        _check_read_at(read_at)
         self.store, self.seq_len, self.rows_per_batch = store, seq_len, micro_batch_rows
         self.k, self.pred_ids, self.pad_id, self.seed = k, list(pred_ids), pad_id, seed
         self.rank, self.world_size, self.jepa_ratio = rank, world_size, jepa_ratio

@@ -26,11 +26,12 @@ as an input. Tests: a compiled model gives the eager loss and gradients through
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 
 import torch
+
+from megajepa.ops.linear_ce import liger_available as liger_installed
 
 log = logging.getLogger("megajepa")
 
@@ -182,10 +183,6 @@ def resolve_compile(mode: str, device, zero_stage: int = 0) -> str:
                          "hooks run inside each layer); use model.compile off or a ZeRO-1/2 "
                          "config (train.ds_config)")
     return mode
-
-
-def liger_installed() -> bool:
-    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def resolve_liger(mode: str, device, compile_mode: str) -> bool:

@@ -31,13 +31,13 @@ import torch
 from megajepa.ops.cosine_eps import EPS
 
 
-def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return torch.float64 if hidden.dtype == torch.float64 else torch.float32
 
 
-def _empty_result(hidden: torch.Tensor):
+def empty_result(hidden: torch.Tensor):
     """P == 0: a zero loss that still has a grad path to ``hidden`` (reads nothing)."""
-    dtype = _compute_dtype(hidden)
+    dtype = compute_dtype(hidden)
     loss = hidden.reshape(-1)[:0].to(dtype).sum()
     return loss, torch.zeros((), dtype=dtype, device=hidden.device)
 
@@ -60,8 +60,8 @@ def cosine_loss_reference(hidden, pred_index, target_index, *, stopgrad_target=F
     """
     _check(hidden, pred_index, target_index)
     if pred_index.numel() == 0:
-        return _empty_result(hidden)
-    h = hidden.to(_compute_dtype(hidden))
+        return empty_result(hidden)
+    h = hidden.to(compute_dtype(hidden))
     a = h.index_select(0, pred_index)
     b = h.index_select(0, target_index)
     if stopgrad_target:
@@ -90,7 +90,7 @@ def fused_cosine_loss(hidden, pred_index, target_index, *, stopgrad_target=False
     """The Triton path: one gather/normalize/dot kernel forward, one scatter kernel backward."""
     _check(hidden, pred_index, target_index)
     if pred_index.numel() == 0:
-        return _empty_result(hidden)
+        return empty_result(hidden)
     from megajepa.ops import cosine_triton  # imports triton; only when this path runs
 
     return cosine_triton.cosine_loss_triton(hidden, pred_index, target_index, stopgrad_target=stopgrad_target)

@@ -25,18 +25,12 @@ Tests: ``tests/test_ops_stp.py``.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from megajepa.ops.cosine import triton_available
+from megajepa.ops.cosine import _use_triton, compute_dtype, empty_result
 from megajepa.ops.cosine_eps import EPS
 
 IMPLS = ("auto", "triton", "torch")
-
-
-def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
-    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
 
 
 def check(hidden, index, span_coef, rest_coef, weight):
@@ -47,12 +41,6 @@ def check(hidden, index, span_coef, rest_coef, weight):
                          f"{tuple(index.shape)}, {tuple(span_coef.shape)}, {tuple(rest_coef.shape)}")
     if weight.shape != index.shape[:1]:
         raise ValueError(f"weight must be [P] with P = {index.shape[0]}, got {tuple(weight.shape)}")
-
-
-def empty_result(hidden: torch.Tensor):
-    """P == 0: a zero loss with a grad path to ``hidden`` (reads nothing)."""
-    dtype = compute_dtype(hidden)
-    return hidden.reshape(-1)[:0].to(dtype).sum(), torch.zeros((), dtype=dtype, device=hidden.device)
 
 
 def apply_predictor(predictor, rest: torch.Tensor) -> torch.Tensor:
@@ -85,10 +73,6 @@ def stp_loss_reference(hidden, index, span_coef, rest_coef, weight, *, predictor
     w = weight.to(dtype)
     den = w.sum() if denominator is None else denominator
     return (w * (1.0 - cos)).sum() / den, cos.detach().mean()
-
-
-def _use_triton(hidden: torch.Tensor) -> bool:
-    return triton_available() and (hidden.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def fused_stp_loss(hidden, index, span_coef, rest_coef, weight, *, predictor=None, denominator=None):
