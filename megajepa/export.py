@@ -84,13 +84,17 @@ def _skeleton(cfg, vocab_size: int):
     return LlamaForCausalLM(llama_config(cfg.model.preset, vocab_size, attn_implementation="sdpa"))
 
 
-def _tokenizer_dir(cfg, tag_dir: str) -> str:
+def _train_store(cfg, tag_dir: str) -> str:
+    """The store the run trained on (its run dir is two levels above the tag)."""
+    from megajepa.data import train_store_path
+    return train_store_path(cfg, os.path.dirname(os.path.dirname(tag_dir)))
+
+
+def _tokenizer_dir(cfg, store_dir: str) -> str:
     if cfg.data.tokenizer:
         return cfg.data.tokenizer
     from data_tools.store import open_store
-    from megajepa.data import train_store_path
-    run_dir = os.path.dirname(os.path.dirname(tag_dir))
-    return open_store(train_store_path(cfg, run_dir)).tokenizer_path
+    return open_store(store_dir).tokenizer_path
 
 
 def _jinja_str(text: str) -> str:
@@ -188,13 +192,11 @@ def plain_chat_template(tokenizer, *, system_in_plain: bool = False):
     return None
 
 
-def _system_in_plain(cfg) -> bool:
+def _system_in_plain(store_dir: str) -> bool:
     """Whether the training store put the system prompt into the plain prompt."""
-    if not cfg.data.train:
-        return False
     from data_tools.store import open_store
     try:
-        return bool(open_store(cfg.data.train).manifest["source"].get("system_in_plain", False))
+        return bool(open_store(store_dir).manifest["source"].get("system_in_plain", False))
     except Exception:  # noqa: BLE001 - a store that moved: the default layout
         return False
 
@@ -217,7 +219,8 @@ def export(checkpoint_path: str, out_dir: str, *, dtype: str = "auto",
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of auto, {', '.join(DTYPES)}")
 
-    tok_dir = _tokenizer_dir(cfg, tag_dir)
+    store_dir = _train_store(cfg, tag_dir)
+    tok_dir = _tokenizer_dir(cfg, store_dir)
     tok, _ = load_tokenizer(tok_dir)
     state = consolidated_state_dict(root, tag)
     vocab = state["model.embed_tokens.weight"].shape[0]
@@ -234,7 +237,7 @@ def export(checkpoint_path: str, out_dir: str, *, dtype: str = "auto",
         setattr(model.config, name, getattr(tok, name))
         setattr(model.generation_config, name, getattr(tok, name))
     if cfg.data.template == "plain" and plain_chat_template(
-            tok, system_in_plain=_system_in_plain(cfg)) is None:
+            tok, system_in_plain=_system_in_plain(store_dir)) is None:
         print(f"warning: no chat template written to {out_dir}: this tokenizer's plain prompt "
               "cannot be rendered by one; build prompts with data_tools.templates.prompt_ids",
               file=sys.stderr)
