@@ -4,6 +4,8 @@
   an option's default is appended as ``(default: X)`` only when it says something: not for
   ``None``, ``False``, an empty string, or a help text that already names its default.
 * :func:`positive_int`: argparse type for counts that must be >= 1.
+* :func:`child_env`: the environment for child processes of the scripts (this checkout
+  importable from any working directory).
 * :func:`add_template_args`: ``--template`` and ``--system-in-plain``, as training laid out
   the views (eval and analyze must build them the same way).
 * :func:`must_exist`: a missing input path is bad input, one line:
@@ -17,7 +19,8 @@ import os
 
 from data_tools.errors import DataError
 
-__all__ = ["HelpFormatter", "positive_int", "must_exist", "output_dir", "add_template_args"]
+__all__ = ["HelpFormatter", "positive_int", "must_exist", "output_dir", "add_template_args",
+           "child_env"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -73,3 +76,12 @@ def add_template_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 _PLAIN = {"prompt layout": "<s> user <sep>", "view layout": "<s> user <sep> / assistant </s>"}
+
+
+def child_env() -> dict:
+    """``os.environ`` with this checkout first on ``PYTHONPATH`` (``-m megajepa.eval`` and
+    ``pretrain.py`` importable from any cwd)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env

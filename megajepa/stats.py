@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 __all__ = ["mean_std", "paired_ttest_greater", "cell_summary", "best_cell", "sweep_table",
-           "plot_heatmap", "format_cell"]
+           "plot_heatmap", "format_cell", "markdown_table"]
 
 Seeds = Mapping[int, Mapping[str, float]]
 
@@ -86,6 +86,12 @@ def _p(p: float) -> str:
 
 def _num(x: float) -> str:
     return f"{x:g}"
+
+
+def markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:
+    """A Markdown table: the header, the separator, one line per row (cells as ``str``)."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(x) for x in r) + " |" for r in rows])
 
 
 def sweep_table(cells: Mapping[tuple, Seeds], baseline: Optional[Seeds],

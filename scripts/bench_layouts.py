@@ -51,6 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megajepa.layout import Example, layout_cost, pack, plan_rows  # noqa: E402
+from megajepa.stats import markdown_table  # noqa: E402
 
 GENERATED = 8000  # pairs of the embedded NL-RX generator when no --data is given (NL-RX-SYNTH's size)
 WINDOW = 1024  # pack()'s default best-fit window
@@ -239,12 +240,6 @@ def load_views(args):
     return tok, tok_desc, pred_ids(tok), views
 
 
-def fmt_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 NAMES = {"a": "(a) next-token only, packed", "b": "(b) single pass, packed",
          "c": "(c) three passes, packed", "d": "(d) three passes, padded"}
 
@@ -278,7 +273,7 @@ def counts_section(args, views):
     dropped = {s: {k: v["dropped"] for k, v in per_len[s].items() if v["dropped"]} for s in args.seq_lens}
     text = [f"{n:,} pair examples; mean |T| = {t_mean:.2f}, |C| = {c_mean:.2f} tokens, k = {args.k}.",
             "",
-            fmt_table(header, rows),
+            markdown_table(header, rows),
             "",
             "\"capacity / example\" = rows x row length / examples: tokens the model computes per example, "
             "padding included; \"vs (b)\" compares that capacity at the first row length. "
@@ -354,9 +349,9 @@ def timing_section(args, tok, pred, views):
             f"forward + backward per step; {args.warmup} warm-up + {args.reps} timed repetitions, "
             f"interleaved {' '.join(variants)}. Rows of {s} tokens; {n} examples fill {batch_b.shape[0]} rows of (b).",
             "",
-            fmt_table(header, rows),
+            markdown_table(header, rows),
             "",
-            fmt_table(["ratio", "of medians", "median of per-repetition ratios"], ratios),
+            markdown_table(["ratio", "of medians", "median of per-repetition ratios"], ratios),
             "",
             "\\|loss diff\\|: against (b)'s loss on the same examples ((a): against (b)'s next-token loss); "
             "all variants compute the same objective."]

@@ -49,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megajepa import stp  # noqa: E402
 from megajepa.layout import Example, pack, plan_rows  # noqa: E402
+from megajepa.stats import markdown_table  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -230,11 +231,6 @@ def bench_preset(args, preset, tok, examples):
     return head, rows
 
 
-def fmt_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(x) for x in r) + " |" for r in rows])
-
-
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -249,7 +245,7 @@ def main(argv=None):
               "STP work alone, ms", "1 + alone / nt", "\\|LM loss - nt's\\|"]
     for preset in args.presets:
         head, rows = bench_preset(args, preset, tok, examples)
-        parts += ["", head, "", fmt_table(header, rows)]
+        parts += ["", head, "", markdown_table(header, rows)]
         print("\n".join(parts[-3:]), flush=True)
     parts += ["", f"Wall time of the benchmark: {time.time() - t0:.0f} s."]
     print(parts[-1])

@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
 done
 case "$SIZE" in tiny|paper) ;; *) echo "SIZE must be tiny or paper, got $SIZE" >&2; exit 2 ;; esac
 
-for v in OUT DATA_DIR MODEL_DIR HOSTFILE RT_TRAIN RT_TEST; do  # user paths: relative to the caller
+for v in OUT DATA_DIR MODEL_DIR HOSTFILE RT_TRAIN RT_TEST CORPUS HELDOUT; do  # user paths: relative to the caller
   [ -z "${!v:-}" ] || printf -v "$v" '%s' "$(realpath -m "${!v}")"
 done
 cd "$(dirname "$0")/.."

@@ -198,8 +198,7 @@ def report(args) -> str:
 
     head = ["arm", "seeds"] + [f"{m} ({'%, ' if m in PERCENT else ''}{d} is better)" for m, d in mets]
     head += [f"p {m} better" for m, _ in mets] + [f"p {m} worse" for m, _ in mets]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = res["next_token"]
+    rows, base = [], res["next_token"]
     for a in names:
         row = [a, str(len(res[a]))]
         for m, _ in mets:
@@ -213,7 +212,8 @@ def report(args) -> str:
             ps["better"].append(stats.paired_ttest_greater(hi, lo)[1] if a != "next_token" else None)
             ps["worse"].append(stats.paired_ttest_greater(lo, hi)[1] if a != "next_token" else None)
         row += ["" if p is None else f"{p:.3g}" for p in ps["better"] + ps["worse"]]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    lines = stats.markdown_table(head, rows).split("\n")
     lines += ["", "| arm | seed | " + " | ".join(m for m, _ in mets)
               + " | train lm_loss, last 100 steps | train STP cosine, last 100 steps | train s | eval s |",
               "|" + "---|" * (len(mets) + 6)]

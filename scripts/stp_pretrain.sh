@@ -28,9 +28,6 @@
 # from the latest checkpoint (--resume auto).
 set -euo pipefail
 
-for v in CORPUS HELDOUT; do  # user paths: relative to the caller (recipe_common changes dir)
-  [ -z "${!v:-}" ] || printf -v "$v" '%s' "$(realpath -m "${!v}")"
-done
 source "$(dirname "$0")/recipe_common.sh" "$@"
 OUT=${OUT:-runs/stp_pretrain-$SIZE}
 ARMS=${ARMS:-stp next_token}

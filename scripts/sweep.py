@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from megajepa import stats  # noqa: E402
-from megajepa.cli import HelpFormatter  # noqa: E402
+from megajepa.cli import HelpFormatter, child_env  # noqa: E402
 from megajepa.eval.tasks import METRICS as TASK_METRICS  # noqa: E402
 
 DEFAULT_TRAIN = ("{python} {pretrain} --config {config} --jepa.k {k} --jepa.lbd {lbd} "
@@ -254,13 +254,6 @@ def _read_metrics(path: Path):
         return None
 
 
-def _env() -> dict:
-    """The steps' environment: this checkout importable (``-m megajepa.eval``) from any cwd."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 def run_cell(args, k, lbd, seed, run_dir: Path) -> bool:
     """Run the missing steps of one cell; True when its metrics file exists afterwards."""
     values = placeholder_values(args, k, lbd, seed, run_dir)
@@ -286,7 +279,7 @@ def run_cell(args, k, lbd, seed, run_dir: Path) -> bool:
         start = time.time()
         with open(run_dir / f"{step}.log", "w") as log:
             rc = subprocess.run(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT,
-                                env=_env()).returncode
+                                env=child_env()).returncode
         if rc != 0:
             print(f"[sweep] FAILED {step} of {run_dir} (exit {rc}); see {run_dir / step}.log",
                   file=sys.stderr)

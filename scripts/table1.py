@@ -45,8 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_tools.errors import DataError, run_cli  # noqa: E402
+from data_tools.readers import iter_jsonl  # noqa: E402
 from megajepa import stats  # noqa: E402
-from megajepa.cli import HelpFormatter, must_exist, output_dir, positive_int  # noqa: E402
+from megajepa.cli import HelpFormatter, child_env, must_exist, output_dir, positive_int  # noqa: E402
 
 METRICS = ("exact", "startswith", "semantic")
 COLLAPSE = ("paired_cos", "shuffled_cos", "code_code_cos", "pred_pred_cos", "eff_rank_code",
@@ -113,17 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- cells
 
 def _read_jsonl(path) -> list:
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    raise DataError("not JSON", file=str(path), line=n) from None
-    return out
+    return [obj for _, obj in iter_jsonl(str(path))] if os.path.exists(path) else []
 
 
 def done_cells(path, tag: str) -> set:
@@ -138,12 +129,6 @@ def _append(path, record: dict) -> None:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
         fh.flush()
         fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 def _system_in_plain(store: str) -> bool:
@@ -174,7 +159,7 @@ def _run(argv: list, log: Path) -> float:
     with open(log, "a") as fh:
         fh.write(f"$ {shlex.join(argv)}\n")
         fh.flush()
-        rc = subprocess.run(argv, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=_env()).returncode
+        rc = subprocess.run(argv, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=child_env()).returncode
     if rc != 0:
         raise RuntimeError(f"exit {rc}: {shlex.join(argv)} (see {log})")
     return time.time() - start
