@@ -1,6 +1,8 @@
 """Shared fixtures: tiny fp32 models and small mixed batches (no downloads, CPU only)."""
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +26,23 @@ def load_script(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def nvidia_compiler_available() -> bool:
+    """Whether triton's NVIDIA backend imports (ahead-of-time compiles need no GPU)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+        return True
+    except Exception:  # noqa: BLE001 - any failure means no ahead-of-time check here
+        return False
+
+
+def compile_without_interpreter(source: str) -> None:
+    """Run ``source`` in a fresh process without TRITON_INTERPRET (triton cannot mix the
+    interpreter and the compiler in one process), from the repository root."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    subprocess.run([sys.executable, "-c", source], check=True, env=env, cwd=ROOT)
 
 
 def tiny_model(attn="sdpa", seed=0):

@@ -1,7 +1,5 @@
 """STP loss: Triton kernels (TRITON_INTERPRET=1 on CPU) and the eager version vs a float64 oracle."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,6 +8,7 @@ if not torch.cuda.is_available():  # before the kernel module is imported (trito
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from megajepa.ops import COSINE_EPS, stp_loss, triton_available  # noqa: E402
+from conftest import compile_without_interpreter, nvidia_compiler_available  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interpreter = pytest.mark.skipif(not (triton_available() and INTERPRET),
@@ -175,14 +174,6 @@ def test_compiled_kernels_on_gpu(dtype, use_predictor):
     torch.testing.assert_close(x.grad.double().cpu(), ref[2], **tol)
 
 
-def _nvidia_compiler_available():
-    try:
-        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001 - any failure means no ahead-of-time check here
-        return False
-
-
 COMPILE_FOR_HOPPER = """
 import triton
 import triton.language as tl
@@ -214,11 +205,8 @@ for kernel, sig, consts in cases:
 
 
 @pytest.mark.skipif(not triton_available(), reason="triton not installed")
-@pytest.mark.skipif(not _nvidia_compiler_available(), reason="triton without its NVIDIA backend")
+@pytest.mark.skipif(not nvidia_compiler_available(), reason="triton without its NVIDIA backend")
 def test_kernels_compile_for_hopper_without_a_gpu():
     """The interpreter accepts code the compiler rejects: compile every kernel variant to sm_90
     cubin, in a fresh process without TRITON_INTERPRET (triton cannot mix both modes)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], check=True, env=env, cwd=root)
+    compile_without_interpreter(COMPILE_FOR_HOPPER)
