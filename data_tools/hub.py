@@ -40,19 +40,19 @@ def check_repo(name: str, *, repo_type: str = "model", what: str = "tokenizer") 
     api = HfApi()
     lookup = api.model_info if repo_type == "model" else api.dataset_info
     where = f"{what} {name}: not a local path"
+    missing = (f"{where}, and no {repo_type} of that name on the Hugging Face hub "
+               "(a private one needs hf auth login)")
     try:
         lookup(name, timeout=TIMEOUT_S)
     except GatedRepoError:
         raise DataError(f"{where}, and gated on the Hugging Face hub: accept its terms on the hub and log in "
                         "(hf auth login)") from None
     except RepositoryNotFoundError:
-        raise DataError(f"{where}, and no {repo_type} of that name on the Hugging Face hub "
-                        "(a private one needs hf auth login)") from None
+        raise DataError(missing) from None
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", "?")
         if status in (401, 404):
-            raise DataError(f"{where}, and no {repo_type} of that name on the Hugging Face hub "
-                            "(a private one needs hf auth login)") from None
+            raise DataError(missing) from None
         raise DataError(f"{where}; the Hugging Face hub answered HTTP {status}") from None
     except Exception as e:  # noqa: BLE001 - any transport failure: offline, DNS, proxy, timeout
         reason = (str(e).splitlines() or [""])[0] or type(e).__name__

@@ -23,7 +23,7 @@ __all__ = ["evaluate", "predict", "score_record", "read_records", "as_record", "
            "NotAModelDirectory"]
 
 
-class NotAModelDirectory(DataError, ValueError):
+class NotAModelDirectory(DataError):
     """``--model`` does not exist or is not a folder ``from_pretrained`` can load."""
 
 
