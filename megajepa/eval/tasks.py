@@ -14,7 +14,7 @@ nlrx         ``exact`` (pred == ref), ``startswith`` (pred.startswith(ref), the 
 gsm8k        ``exact``, ``startswith``, ``answer``: the final answers after the last ``####``
              are equal as numbers (commas, ``$``, ``%``, a trailing period ignored)
 sql          ``exact``, ``startswith``, ``execution``: both queries run on the example's
-             SQLite database (read-only, time-limited) and return the same rows: as
+             SQLite database (read-only, sandboxed, time-limited) and return the same rows: as
              multisets, or as lists when the reference has ORDER BY; errors and timeouts
              count as wrong
 classify     ``label``: the first word of the prediction equals the reference label
@@ -107,19 +107,49 @@ class SQLTimeout(Exception):
     """A query ran past its time limit."""
 
 
+# What a query may do: read (SELECT, column reads, recursive CTEs) and call SQLite's own
+# functions. Every other authorizer action is denied: ATTACH (so also VACUUM INTO, which
+# attaches its target), DETACH, PRAGMA, transactions, CREATE/DROP/ALTER (TEMP too), writes.
+_ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ,
+                              sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE})
+# Functions that load code or touch files: SQLite core's, and the shell's fileio ones in
+# case a build registers them.
+_DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "readfile", "writefile",
+                               "edit", "lsdir", "zipfile", "sqlar_compress", "sqlar_uncompress"})
+MAX_VALUE_BYTES = 1 << 24  # one string/blob (zeroblob(1e9) is an error, not a GiB)
+
+
+def _authorize(action, arg1, arg2, db_name, trigger) -> int:
+    if action not in _ALLOWED_ACTIONS:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION and str(arg2).lower() in _DENIED_FUNCTIONS:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
 def run_query(db_path, query: str, timeout_s: float = 5.0, max_rows: int = 1_000_000):
     """Run ``query`` on the SQLite file ``db_path`` opened read-only; return its rows.
 
+    The query is untrusted (a model wrote it; a data file holds the reference): it may only
+    read the one database. The file is opened read-only and an authorizer denies every action
+    but reading and SQLite's own functions (no ATTACH/DETACH, VACUUM [INTO], PRAGMA,
+    transactions, CREATE/DROP/ALTER, writes, ``load_extension`` or file functions); one
+    statement only. Where Python has ``setlimit`` (3.11+), no database may be attached and a
+    value longer than ``MAX_VALUE_BYTES`` is an error.
     The time limit is enforced from inside SQLite's VM (a progress handler aborts the
     statement), so a query that never ends still returns control. Raises ``SQLTimeout``,
-    ``sqlite3.Error`` (syntax errors, writes on a read-only database, several statements)
-    or ``ValueError`` (more than ``max_rows`` rows).
+    ``sqlite3.Error`` (syntax errors, denied actions, several statements) or ``ValueError``
+    (more than ``max_rows`` rows).
     """
     path = Path(db_path)
     if not path.is_file():
         raise FileNotFoundError(f"no SQLite database at {path}")
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                            timeout=timeout_s, check_same_thread=False)
+    if hasattr(conn, "setlimit"):  # Python >= 3.11; the authorizer alone denies ATTACH
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+    conn.set_authorizer(_authorize)
     deadline = time.monotonic() + timeout_s
     expired = []
 
@@ -159,11 +189,13 @@ def results_match(pred_rows, ref_rows, ordered: bool) -> bool:
     return Counter(map(tuple, pred_rows)) == Counter(map(tuple, ref_rows))
 
 
-def score_sql(prediction: str, reference: str, db_path, timeout_s: float = 5.0) -> dict:
-    """Execution match on ``db_path``; any error or timeout of either query is wrong."""
+def score_sql(prediction: str, reference: str, db_path, timeout_s: float = 5.0,
+              max_rows: int = 1_000_000) -> dict:
+    """Execution match on ``db_path`` (both queries through :func:`run_query`'s sandbox); any
+    error, denied action, timeout or too large a result of either query is wrong."""
     try:
-        ref_rows = run_query(db_path, reference, timeout_s)
-        pred_rows = run_query(db_path, prediction, timeout_s)
+        ref_rows = run_query(db_path, reference, timeout_s, max_rows)
+        pred_rows = run_query(db_path, prediction, timeout_s, max_rows)
         ok = results_match(pred_rows, ref_rows, ordered=bool(_ORDER_BY.search(reference)))
     except (sqlite3.Error, SQLTimeout, ValueError, FileNotFoundError, OverflowError):
         ok = False
