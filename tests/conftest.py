@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 120
 PRED_IDS = [110, 111, 112, 113]
 PAD = 0
+# the DeepSpeed launcher of the environment the tests run in (a bare `deepspeed` on PATH may
+# be another environment's, or none, when the venv is not activated)
+DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
 def load_script(name: str):

@@ -436,12 +436,18 @@ class Outcome:
 
 
 def tools(base: Path) -> tuple[Path, Path]:
-    """``(bin, hook)``: ``python``/``python3`` as this interpreter, and the sitecustomize."""
+    """``(bin, hook)``: ``python``/``python3`` as this interpreter, and the sitecustomize.
+
+    The two are wrappers that exec this interpreter by its own path, not symlinks to it: an
+    interpreter started through a symlink with no ``pyvenv.cfg`` beside it is the base
+    Python, not the virtualenv's (whose packages the commands need)."""
     bin_dir, hook = base / "bin", base / "hook"
     bin_dir.mkdir(parents=True)
     hook.mkdir()
     for name in ("python", "python3"):
-        (bin_dir / name).symlink_to(sys.executable)
+        wrapper = bin_dir / name
+        wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+        wrapper.chmod(0o755)
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     return bin_dir, hook
 
@@ -450,7 +456,9 @@ def session_env(bin_dir: Path, hook: Path, repo: Path) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTEST_", "COV_")) and k not in (
                "DATA", "DATA_DIR", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+    # this environment's own bin/ next: its console scripts, not the machine's
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(PATH=path,
                PYTHONPATH=f"{hook}{os.pathsep}{repo}", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="",

@@ -15,6 +15,8 @@ import time
 import pytest
 import yaml
 
+from conftest import DEEPSPEED
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data.seq_len", "128", "--data.micro_batch_rows", "4", "--optim.warmup_steps", "1",
         "--data.vocab_size", "256"]
@@ -169,7 +171,7 @@ def test_two_ranks_build_from_jsonl_and_stop_on_the_stop_file(jsonl, tmp_path):
     d = tmp_path / "two"
     d.mkdir()
     (d / "STOP").touch()
-    cmd = ["deepspeed", "--quiet", "--num_gpus", "2", "--master_port", "29741",
+    cmd = DEEPSPEED + ["--quiet", "--num_gpus", "2", "--master_port", "29741",
            os.path.join(ROOT, "pretrain.py"), "--data.train", jsonl, "--steps", "6",
            "--run-dir", str(d), "--train.log_every", "2", "--data.micro_batch_rows", "2"] + TINY[2:]
     p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu"),
