@@ -15,6 +15,13 @@ plain name (a path such as ``../other/step_00000100`` is damage, like a missing 
 A save interrupted at any point leaves ``latest`` on the previous complete tag and the partial
 directory without ``COMPLETE``; :func:`find_latest` never returns such a tag, and the next
 successful save removes it. Old complete tags beyond ``keep`` are pruned.
+
+Trust (docs/trust.md): ``*.pt`` files are pickles. Ours load with ``weights_only=True``;
+DeepSpeed's ``load_checkpoint`` and ``zero_to_fp32`` unpickle theirs in full. So before either
+reads a tag, :func:`verify` refuses one holding a file our save does not write, or a ``.pt``
+file that does not load with ``weights_only=True`` and only the types of ``safe_globals()``
+(tensors, containers, numpy's RNG state, DeepSpeed's ZeRO and loss-scaler records): a
+planted pickle payload is refused with one line, before anything runs it.
 """
 from __future__ import annotations
 
@@ -28,9 +35,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_tools.errors import DataError
+
 COMPLETE = "COMPLETE"
 LATEST = "latest"
 _TAG = re.compile(r"step_(\d+)")  # fullmatch: a plain name, no path, no newline
+# The files a tag holds: ours (COMPLETE, config.yaml, client state) and DeepSpeed's (model
+# states, ZeRO shards; ``bf16_`` for its bf16 optimizer).
+_OUR_FILES = re.compile(r"COMPLETE|config\.yaml|client_rank\d+\.pt|mp_rank_\d+_model_states\.pt"
+                        r"|(bf16_)?zero_pp_rank_\d+_mp_rank_\d+_(optim|model)_states\.pt")
+_TRUST = "resume and export only checkpoints you trust (docs/trust.md)"
 
 
 def tag_for(step: int) -> str:
@@ -98,6 +112,45 @@ def find_latest(root: str) -> str | None:
     return tags[-1] if tags else None
 
 
+def safe_globals() -> list:
+    """The non-tensor types our checkpoints pickle: numpy's RNG state (client state) and
+    DeepSpeed's ZeRO stage, loss scalers and fragment addresses (its optimizer states)."""
+    # deepspeed is imported here: it takes seconds, and the tag scans above run without it
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    reconstruct = np.empty(0).__reduce__()[0]  # numpy's _reconstruct, wherever numpy keeps it
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct,
+            ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+
+def torch_load(path: str, **kwargs):
+    """``torch.load`` with ``weights_only=True`` (on the CPU), :func:`safe_globals` allowed;
+    a file that needs more is refused with a :class:`DataError` naming it."""
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: any failure is a refusal
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        why = (f"it unpickles {found.group(1)}, which is not a tensor or a type megajepa "
+               "writes" if found else f"it does not load as a tensor file ({str(e).splitlines()[0]})")
+        raise DataError(f"refused: {why}; {_TRUST}", file=path) from None
+
+
+def verify(tag_dir: str) -> None:
+    """Refuse (:class:`DataError`, one line) a checkpoint tag that holds a file our save does
+    not write, or a ``.pt`` file that needs more than :func:`safe_globals` to unpickle. The
+    check maps the tensors (``mmap``) and reads only the pickled structure."""
+    for name in sorted(os.listdir(tag_dir)):
+        path = os.path.join(tag_dir, name)
+        if not _OUR_FILES.fullmatch(name) or not os.path.isfile(path):
+            raise DataError(f"refused: not a file megajepa's checkpoint save writes; {_TRUST}",
+                            file=path)
+        if name.endswith(".pt"):
+            torch_load(path, mmap=True)
+
+
 def resolve_checkpoint(path: str) -> tuple[str, str]:
     """``(root, tag)`` from a run dir, a checkpoints dir or a ``step_*`` dir."""
     path = os.path.abspath(path.rstrip("/"))
@@ -147,10 +200,12 @@ def _prune(root: str, keep: int) -> None:
 
 
 def load(engine, root: str, tag: str, *, rank: int = 0) -> dict:
-    """Restore engine (weights, optimizer, scheduler) and return this rank's client state."""
+    """Restore engine (weights, optimizer, scheduler) and return this rank's client state;
+    the tag is :func:`verify`-ed first (DeepSpeed unpickles its files in full)."""
     path = os.path.join(root, tag)
     if not os.path.exists(os.path.join(path, COMPLETE)):
         raise FileNotFoundError(f"checkpoint {path} is incomplete (no {COMPLETE} marker)")
+    verify(path)
     loaded, _ = engine.load_checkpoint(root, tag=tag, load_optimizer_states=True,
                                        load_lr_scheduler_states=True)
     if loaded is None:
@@ -159,7 +214,7 @@ def load(engine, root: str, tag: str, *, rank: int = 0) -> dict:
     if not os.path.exists(client_path):
         raise FileNotFoundError(f"{client_path} missing: was the checkpoint written with a "
                                 "different number of ranks?")
-    client = torch.load(client_path, weights_only=False)
+    client = torch_load(client_path)
     set_rng_state(client.pop("rng"))
     return client
 

@@ -52,8 +52,10 @@ _PROBE_SYSTEM = "Convert natural language to regular expression."
 
 
 def consolidated_state_dict(root: str, tag: str) -> dict:
-    """fp32 state dict of the causal LM in checkpoint ``root/tag``."""
+    """fp32 state dict of the causal LM in checkpoint ``root/tag`` (:func:`checkpoint.verify`-ed
+    first: ``zero_to_fp32`` unpickles DeepSpeed's files in full)."""
     path = os.path.join(root, tag)
+    checkpoint.verify(path)
     stage0 = os.path.join(path, "mp_rank_00_model_states.pt")
     has_optim_shards = any("optim_states" in f for f in os.listdir(path))
     if has_optim_shards:
@@ -63,7 +65,7 @@ def consolidated_state_dict(root: str, tag: str) -> dict:
         with quiet("zero_to_fp32"):  # its prints and progress bar are chatter
             state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
     elif os.path.exists(stage0):
-        state = torch.load(stage0, map_location="cpu", weights_only=False)["module"]
+        state = checkpoint.torch_load(stage0)["module"]
     else:
         raise FileNotFoundError(f"{path} holds no DeepSpeed model states")
     return {k[len(_PREFIX):] if k.startswith(_PREFIX) else k: v.float() for k, v in state.items()

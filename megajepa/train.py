@@ -233,12 +233,16 @@ def setup(cfg: config_mod.Config) -> Run:
 
 
 def _resume_target(cfg, ckpt_root: str):
-    """``(load_root, tag)`` to resume from (tag None: fresh); reads only."""
+    """``(load_root, tag)`` to resume from (tag None: fresh); reads only, and refuses a tag
+    that holds what our save does not write before anything is written."""
+    root, tag = ckpt_root, None
     if cfg.train.resume == "auto":
-        return ckpt_root, checkpoint.find_latest(ckpt_root)
-    if cfg.train.resume:
-        return checkpoint.resolve_checkpoint(cfg.train.resume)
-    return ckpt_root, None
+        tag = checkpoint.find_latest(ckpt_root)
+    elif cfg.train.resume:
+        root, tag = checkpoint.resolve_checkpoint(cfg.train.resume)
+    if tag:
+        checkpoint.verify(os.path.join(root, tag))
+    return root, tag
 
 
 def _set_aside_old_checkpoints(cfg, load_root: str, ckpt_root: str) -> None:

@@ -6,12 +6,21 @@ pickle payload planted in a run's checkpoint does not run on resume or export; t
 is one line and exit 2.
 """
 import hashlib
+import json
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 
 import pytest
+import torch
 
+from data_tools.errors import DataError
+from megajepa import checkpoint
 from megajepa.eval.tasks import SQLTimeout, run_query, score_sql
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ------------------------------------------------------------------------- sql
@@ -123,3 +132,116 @@ def test_reading_queries_still_run(sandbox, query):
     db, _ = sandbox
     assert run_query(db, query)
     assert score_sql(query, query, db)["execution"] is True
+
+
+# ----------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run dir with one checkpoint: 2 steps of the tiny model on a small NL-RX store, ZeRO-1
+    (model states, and a ZeRO shard that DeepSpeed unpickles in full)."""
+    from data_tools import nlrx
+    from data_tools.preprocess import preprocess
+    from data_tools.tokenizer import train_sentencepiece
+
+    d = tmp_path_factory.mktemp("trust")
+    rows = nlrx.generate_pairs(100, seed=1, split="train")
+    with open(d / "train.jsonl", "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
+    train_sentencepiece([r["description"] for r in rows] + [r["regex"] for r in rows],
+                        str(d / "tok"), vocab_size=200, k=2)
+    preprocess([str(d / "train.jsonl")], str(d / "store"), tokenizer=str(d / "tok"),
+               progress=False)
+    run_dir = d / "run"
+    p = subprocess.run([sys.executable, "pretrain.py", "--data.train", str(d / "store"),
+                        "--steps", "2", "--train.save_every", "2", "--run-dir", str(run_dir),
+                        "--train.export", "false", "--train.final_eval", "false",
+                        "--data.seq_len", "128", "--data.micro_batch_rows", "4", "--k", "2",
+                        "--train.ds_config", os.path.join("ds_configs", "zero1.json")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return run_dir
+
+
+class Payload:
+    """Unpickled, it makes the directory ``marker`` (``os.mkdir``: any interpreter has it)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def plant(run_dir, dest, name: str, marker) -> str:
+    """A copy of ``run_dir`` whose checkpoint file ``name`` also pickles a :class:`Payload`;
+    returns the copy's tag dir. The payload is live: a full unpickle runs it."""
+    shutil.copytree(run_dir, dest)
+    root = os.path.join(dest, "checkpoints")
+    tag_dir = os.path.join(root, checkpoint.find_latest(root))
+    path = os.path.join(tag_dir, name)
+    state = torch.load(path, weights_only=False)  # our own file, written just now
+    torch.save({**state, "payload": Payload(marker)}, path)
+    torch.load(path, weights_only=False)
+    assert os.path.isdir(marker), "the planted payload did not run on a full unpickle"
+    os.rmdir(marker)
+    return tag_dir
+
+
+def test_genuine_checkpoint_verifies(trained):
+    """What our save writes passes (client state, DeepSpeed's model and ZeRO states)."""
+    root = os.path.join(trained, "checkpoints")
+    tag_dir = os.path.join(root, checkpoint.find_latest(root))
+    assert {"client_rank0.pt", "mp_rank_00_model_states.pt",
+            "zero_pp_rank_0_mp_rank_00_optim_states.pt"} <= set(os.listdir(tag_dir))
+    checkpoint.verify(tag_dir)
+    assert checkpoint.torch_load(os.path.join(tag_dir, "client_rank0.pt"))["step"] == 2
+
+
+@pytest.mark.parametrize("name", ["client_rank0.pt", "mp_rank_00_model_states.pt",
+                                  "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+def test_planted_payload_is_refused_unrun(trained, tmp_path, name):
+    marker = tmp_path / "PWNED"
+    tag_dir = plant(trained, tmp_path / "run", name, marker)
+    with pytest.raises(DataError, match=r"unpickles posix\.mkdir") as e:
+        checkpoint.verify(tag_dir)
+    assert os.path.join(tag_dir, name) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(DataError):
+        checkpoint.torch_load(os.path.join(tag_dir, name))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["extra.pt", "notes.txt"])
+def test_a_file_our_save_does_not_write_is_refused(trained, tmp_path, name):
+    shutil.copytree(trained, tmp_path / "run")
+    root = tmp_path / "run" / "checkpoints"
+    tag_dir = root / checkpoint.find_latest(str(root))
+    (tag_dir / name).write_bytes(b"x")
+    with pytest.raises(DataError, match="not a file megajepa's checkpoint save writes"):
+        checkpoint.verify(str(tag_dir))
+
+
+def test_resume_and_export_refuse_a_planted_checkpoint(trained, tmp_path):
+    """End to end: ``--resume auto`` in a run dir someone sent, and the export of it, exit 2
+    with one line naming the file; the payload never runs and nothing is written."""
+    marker = tmp_path / "PWNED"
+    name = "zero_pp_rank_0_mp_rank_00_optim_states.pt"  # DeepSpeed would unpickle it in full
+    run_dir = tmp_path / "run"
+    tag_dir = plant(trained, run_dir, name, marker)
+    before = folder_state(run_dir)
+    p = subprocess.run([sys.executable, "pretrain.py", "--data.train", str(trained.parent / "store"),
+                        "--steps", "4", "--run-dir", str(run_dir), "--resume", "auto",
+                        "--train.export", "false", "--train.final_eval", "false",
+                        "--data.seq_len", "128", "--data.micro_batch_rows", "4", "--k", "2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+    assert lines[0].startswith(f"error: {os.path.join(tag_dir, name)}: refused: ")
+    assert "posix.mkdir" in lines[0]
+    out = tmp_path / "hf"
+    e = subprocess.run([sys.executable, "-m", "megajepa.export", str(run_dir), str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lines = e.stderr.strip().splitlines()
+    assert e.returncode == 2 and len(lines) == 1 and name in lines[0], e.stderr[-2000:]
+    assert not marker.exists()
+    assert folder_state(run_dir) == before and not out.exists()
