@@ -17,7 +17,9 @@ missing path is one :class:`DataError` naming the setting and the path.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 
@@ -25,6 +27,8 @@ import numpy as np
 import torch.distributed as dist
 
 from data_tools.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,17 +157,56 @@ def _build(cfg, run_dir: str, rank: int) -> tuple[str, str]:
     return store, description
 
 
+EVAL_STORE, EVAL_SOURCE = "eval_store", "eval_store.json"
+
+
 def _tokenize_eval(eval_jsonl: str, tokenizer_dir: str, run_dir: str, template: str, rank: int,
                    system_in_plain: bool = False):
+    """``data.eval`` tokenized into ``<run_dir>/eval_store`` (rank 0), reused while what it was
+    built from is the same (``eval_store.json``: the file's path, size and mtime, the
+    tokenizer's files, the template); rebuilt, with one line, when any of it changed."""
     from data_tools.preprocess import preprocess
 
-    out = os.path.join(run_dir, "eval_store")
-    if rank == 0 and not os.path.exists(os.path.join(out, "manifest.json")):
-        preprocess([eval_jsonl], out, tokenizer=tokenizer_dir, template=template,
-                   system_in_plain=system_in_plain, overwrite=True, progress=False)
+    out = os.path.join(run_dir, EVAL_STORE)
+    key_file = os.path.join(run_dir, EVAL_SOURCE)
+    key = dict(eval=file_fingerprint(eval_jsonl), tokenizer=folder_digest(tokenizer_dir),
+               template=template, system_in_plain=system_in_plain)
+    if rank == 0:
+        have = os.path.exists(os.path.join(out, "manifest.json"))
+        if not have or _read_json(key_file) != key:
+            if have:
+                log.warning("data.eval %s: the held-out store %s was built from another file, "
+                            "tokenizer or template; rebuilding it", eval_jsonl, out)
+            if os.path.exists(key_file):
+                os.remove(key_file)   # a crash mid-build leaves no stale key behind
+            preprocess([eval_jsonl], out, tokenizer=tokenizer_dir, template=template,
+                       system_in_plain=system_in_plain, overwrite=True, progress=False)
+            with open(key_file, "w") as fh:
+                json.dump(key, fh)
     if dist.is_initialized():
         dist.barrier()
     return out
+
+
+def file_fingerprint(path: str) -> list:
+    """What identifies a data file's version cheaply: absolute path, size, mtime."""
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def folder_digest(folder: str) -> str:
+    """sha256 over a (tokenizer) folder's file names and contents: a retrained tokenizer at
+    the same path is another tokenizer."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, folder).encode() + b"\0")
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
 
 
 def prepare(cfg, run_dir: str, *, rank: int) -> RunData:

@@ -40,6 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import psutil
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -201,6 +202,7 @@ def setup(cfg: config_mod.Config) -> Run:
         raise
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
+        remove_stale_stop(run_dir)
         _set_aside_old_checkpoints(cfg, load_root, ckpt_root)
         with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
             fh.write(cfg.to_yaml())
@@ -397,6 +399,22 @@ def param_groups(model, weight_decay):
 
 
 STOP_FILE = "STOP"
+
+
+def remove_stale_stop(run_dir: str, started: float | None = None) -> bool:
+    """A ``STOP`` file older than this process (``started``: its start time) was left by an
+    earlier run, which it stopped: remove it, with one line, so that it does not stop this
+    one at the first read point. One touched since this process started is honoured."""
+    path = os.path.join(run_dir, STOP_FILE)
+    started = psutil.Process().create_time() if started is None else started
+    try:
+        if os.stat(path).st_mtime >= started:
+            return False
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    log.warning("removed %s: a STOP file from before this start (touch it again to stop this run)", path)
+    return True
 
 
 class StopFlag:

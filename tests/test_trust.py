@@ -134,6 +134,15 @@ def test_reading_queries_still_run(sandbox, query):
     assert score_sql(query, query, db)["execution"] is True
 
 
+def test_a_huge_exponent_in_a_gsm8k_answer_is_text_not_a_giant_number():
+    """``#### 1e99999999999`` as a Fraction is 10**99999999999: it would never finish."""
+    from megajepa.eval.tasks import parse_number, score_gsm8k
+
+    assert parse_number("1e99999999999") is None and parse_number("2.5e3") == 2500
+    assert score_gsm8k("#### 1e99999999999", "#### 5")["answer"] is False
+    assert score_gsm8k("#### 1e99999999999", "#### 1e99999999999")["answer"] is True
+
+
 # ----------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -76,12 +76,17 @@ def final_answer(text: str) -> Optional[str]:
     return answer[0].strip() if answer else ""
 
 
+_MAX_EXPONENT = 1000  # "1e99999999" would build a 10**99999999 Fraction: hours, gigabytes
+
+
 def parse_number(answer: Optional[str]) -> Optional[Fraction]:
-    """``'$1,234.50.'`` -> Fraction(2469, 2); None if the answer is not a single number."""
+    """``'$1,234.50.'`` -> Fraction(2469, 2); None if the answer is not a single number (or
+    has an exponent over ``_MAX_EXPONENT``: compared as text)."""
     if answer is None:
         return None
     s = answer.replace(",", "").replace("$", "").replace("%", "").strip().rstrip(".").strip()
-    if not _NUMBER.fullmatch(s):
+    m = _NUMBER.fullmatch(s)
+    if not m or (m.group(3) and abs(int(m.group(3)[1:])) > _MAX_EXPONENT):
         return None
     try:
         return Fraction(s)
