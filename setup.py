@@ -18,6 +18,7 @@ setup(
         "datasets>=2.19",
         "tensorboard>=2.15",
         "tqdm>=4.66",
+        "psutil>=5.9",
         "scipy>=1.11",
         "matplotlib>=3.8",
         "scikit-learn>=1.4",
