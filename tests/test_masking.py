@@ -95,3 +95,35 @@ def test_block_structure_handles_a_ragged_last_block():
     with torch.no_grad():
         flex = flex_attention(q, k, v, block_mask=block_mask(b.doc_ids, b.roles, block_size=16))
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_is_measured_in_positions_and_the_tiles_cover_it():
+    """With a window, a pair is allowed when the rule allows it and its position difference
+    (not its row distance) is below the window; the tiles built from block summaries hold
+    every allowed pair, skip tiles the window empties, and a full tile allows every pair."""
+    b = pack(random_examples(10, seed=6, max_len=60), 256, k=2, pred_ids=PRED_IDS, pad_id=0)
+    rows, s = b.doc_ids.shape
+    pos = b.position_ids
+    plain = dense_mask(b.doc_ids, b.roles)[:, 0]
+    eye = torch.eye(s, dtype=torch.bool)
+    for w in (5, 40):
+        m = dense_mask(b.doc_ids, b.roles, pos, w)[:, 0]
+        assert torch.equal(m, plain & ((pos[:, :, None] - pos[:, None, :] < w) | eye))
+        assert (m != plain).any() and (m.sum(-1) <= w).all()
+        add = additive_mask(b.doc_ids, b.roles, torch.float32, pos, w)[:, 0]
+        assert torch.equal(add == 0, m)
+        ok = m.reshape(rows, s // 16, 16, s // 16, 16)
+        partial, full = block_structure(b.doc_ids, b.roles, 16, pos, w)
+        assert not (partial & full).any()
+        assert (ok.any(-1).any(2) <= (partial | full)).all()
+        assert ok.all(-1).all(2)[full].all()
+        p0, f0 = block_structure(b.doc_ids, b.roles, 16)
+        assert (partial | full).sum() < (p0 | f0).sum()  # the window skips tiles
+        if w == 40:
+            assert full.any()
+        q, k, v = (torch.randn(rows, 2, s, 8) for _ in range(3))
+        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=m[:, None])
+        with torch.no_grad():
+            flex = flex_attention(q, k, v, block_mask=block_mask(b.doc_ids, b.roles, pos, w,
+                                                                 block_size=16))
+        torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
