@@ -28,11 +28,13 @@ batch's weight sum, the span count when unweighted), ``cosine`` its mean cosine 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from megajepa import ops
 from megajepa.layout import IGNORE_INDEX, PAD_DOC, PRED, TEXT, PackedBatch, plan_rows
@@ -56,21 +58,105 @@ class ForwardOutput:
 
 def hidden_states(model, input_ids, position_ids, doc_ids, roles) -> torch.Tensor:
     """Last-layer hidden states (after the final norm) of a packed batch."""
-    mask = attention_mask_for(model, doc_ids, roles)
+    mask = attention_mask_for(model, doc_ids, roles, position_ids)
     base = model.base_model
     out = base(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
                use_cache=False)
     return out.last_hidden_state
 
 
-def lm_head_weight(model) -> torch.Tensor:
+# --- the LM head: what the model's forward does after its last norm ---------------------
+
+# Config attributes by which transformers' causal LMs transform ``z = lm_head(h)`` into their
+# logits, and how: "scale" multiplies z (Cohere, Cohere2), "divide" divides it (the Granite
+# family), "softcap" caps it last, ``cap * tanh(z / cap)`` (Gemma-2, Gemma-3). A model that does
+# anything else is caught by :func:`check_lm_head`, which runs the model's own head.
+LOGIT_TRANSFORMS = (("logit_scale", "scale"), ("logits_scaling", "divide"),
+                    ("final_logit_softcapping", "softcap"))
+
+
+@dataclass(frozen=True)
+class LMHead:
+    """``logits = softcap * tanh(scale * (h @ weight.T + bias) / softcap)`` (no cap: without
+    the tanh); ``owner`` names the model and its settings in messages."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    scale: float = 1.0
+    softcap: float | None = None
+    owner: str = "the model"
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full fp32 logits (probes and tests; the loss never builds them)."""
+        z = hidden @ self.weight.t()
+        if self.bias is not None:
+            z = z + self.bias
+        return ops.transform_logits(z.float(), self.scale, self.softcap)
+
+
+def lm_head(model) -> LMHead:
+    """The model's LM head and its logit transform, read from the model (module and config)."""
+    cfg = model.config.get_text_config()
+    name = getattr(cfg, "model_type", None) or type(model).__name__
     head = model.get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        raise ValueError("LM heads with a bias are not supported by the fused LM loss")
-    return head.weight
+    if head is None or getattr(head, "weight", None) is None:
+        raise ValueError(f"{name}: the model has no LM head (output embeddings); megajepa trains causal LMs")
+    scale, softcap, settings = 1.0, None, []
+    for attr, kind in LOGIT_TRANSFORMS:
+        value = getattr(cfg, attr, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: config.{attr}={value!r} is not a number; megajepa cannot apply it "
+                             "to the logits")
+        if kind == "softcap":
+            softcap = float(value)
+        elif value != 1:
+            scale *= float(value) if kind == "scale" else 1.0 / float(value)
+        settings.append(f"{attr}={value}")
+    owner = f"{name} ({', '.join(settings)})" if settings else name
+    return LMHead(head.weight, getattr(head, "bias", None), scale, softcap, owner)
 
 
-def lm_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, *,
+def check_lm_head(model, head: LMHead | None = None, *, rows: int = 8, seed: int = 0) -> LMHead:
+    """Refuse a model whose own logits are not ``head.logits`` of its final hidden states.
+
+    Runs the model's forward with its decoder replaced by ``rows`` probe hidden states, so only
+    the model's own head code runs (no layer, no mask): every transform it applies after the
+    last norm is compared with ours. The probe is scaled so that the head's outputs have a
+    standard deviation of 50, large enough for a soft cap to show. Under ZeRO-3 the head is
+    gathered first (a collective: every rank calls this). Returns the head."""
+    head = head or lm_head(model)
+    params = [p for p in (head.weight, head.bias) if p is not None]
+    gathered = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed  # only under ZeRO-3
+
+        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    decoder = model.get_decoder()
+    with gathered, torch.no_grad():
+        w = head.weight
+        g = torch.Generator().manual_seed(seed)
+        h = torch.randn(1, rows, w.shape[1], generator=g).to(w.device, w.dtype)
+        h = h * (50.0 / (h @ w.t()).float().std().clamp_min(1e-6)).to(w.dtype)
+        decoder.forward = lambda *a, **kw: BaseModelOutputWithPast(last_hidden_state=h)
+        try:
+            theirs = model(input_ids=torch.zeros(1, rows, dtype=torch.long, device=w.device),
+                           use_cache=False).logits.float()
+        finally:
+            del decoder.forward
+        ours = head.logits(h)
+    tol = 1e-4 if w.dtype in (torch.float32, torch.float64) else 2e-2
+    diff = (theirs - ours).abs().max().item()
+    if diff > tol * max(1.0, ours.abs().max().item()):
+        raise ValueError(f"{head.owner}: the model's own logits differ from megajepa's loss head by up "
+                         f"to {diff:.3g} (logits up to {ours.abs().max().item():.3g}); its forward "
+                         "transforms the logits in a way megajepa does not read, so the LM loss would be "
+                         "wrong")
+    return head
+
+
+def lm_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: LMHead, *,
                 label_index: torch.Tensor | None = None, chunk_size: int = 4096,
                 impl: str = "auto") -> torch.Tensor:
     """Summed next-token CE at labelled positions, without building [tokens, vocab] logits.
@@ -80,8 +166,9 @@ def lm_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
     sel = label_index if label_index is not None else \
         (flat_labels != IGNORE_INDEX).nonzero().squeeze(-1)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, sel)
-    return ops.linear_cross_entropy(h, weight, flat_labels.index_select(0, sel),
-                                    chunk_size=chunk_size, impl=impl)
+    return ops.linear_cross_entropy(h, head.weight, flat_labels.index_select(0, sel),
+                                    bias=head.bias, scale=head.scale, softcap=head.softcap,
+                                    chunk_size=chunk_size, impl=impl, owner=head.owner)
 
 
 def jepa_loss_sum(hidden_flat: torch.Tensor, pred_index: torch.Tensor,
@@ -159,18 +246,18 @@ def forward(model, batch: PackedBatch, *, lbd: float = 1.0, gamma: float = 1.0,
     jepa_den = (n_jepa if n_jepa > 0 else 1.0) if jepa_denominator is None else jepa_denominator
     ce_impl = {"auto": "auto", "reference": "chunked"}[kernels]
     cos_impl = {"auto": "auto", "reference": "torch"}[kernels]
-    weight = lm_head_weight(model)
+    head = lm_head(model)
 
     if mode == "single_pass":
         hidden = hidden_states(model, batch.input_ids, batch.position_ids, batch.doc_ids,
                                batch.roles)
-        lm_sum = lm_loss_sum(hidden, batch.labels, weight, label_index=batch.label_index,
+        lm_sum = lm_loss_sum(hidden, batch.labels, head, label_index=batch.label_index,
                              chunk_size=ce_chunk_size, impl=ce_impl)
         flat = hidden.reshape(-1, hidden.shape[-1])
         pred_index, target_index = batch.pred_index, batch.target_index
     else:
         hidden = None
-        lm_sum, flat, pred_index, target_index = _three_pass(model, batch, weight,
+        lm_sum, flat, pred_index, target_index = _three_pass(model, batch, head,
                                                              ce_chunk_size, ce_impl)
     with torch.set_grad_enabled(torch.is_grad_enabled() and lbd != 0):
         if objective == "stp":
@@ -262,13 +349,13 @@ def _packed_pass(model, meta: dict, seqs: list[np.ndarray], device):
     return h.reshape(-1, h.shape[-1]), t(labels), t(labelled), last
 
 
-def _three_pass(model, batch: PackedBatch, weight, chunk_size, impl):
+def _three_pass(model, batch: PackedBatch, head: LMHead, chunk_size, impl):
     device = batch.input_ids.device
     meta = {k: getattr(batch, k).cpu().numpy() for k in ("input_ids", "position_ids", "doc_ids",
                                                          "roles", "labels")}
     meta["seq_len"] = batch.input_ids.shape[1]
     h_lm, lm_labels, lm_index, _ = _packed_pass(model, meta, _lm_sequences(meta), device)
-    lm_sum = lm_loss_sum(h_lm, lm_labels, weight, label_index=lm_index, chunk_size=chunk_size,
+    lm_sum = lm_loss_sum(h_lm, lm_labels, head, label_index=lm_index, chunk_size=chunk_size,
                          impl=impl)
     pred_list, target_list = batch.pred_index.tolist(), batch.target_index.tolist()
     if not pred_list:

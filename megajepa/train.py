@@ -72,10 +72,10 @@ class JepaModule(nn.Module):
         self.stp_predictor = stp_predictor  # STP's linear predictor: checkpointed, not exported
         self.sigreg_head = sigreg_head      # SIGReg's projection (jepa.sigreg_head): likewise
         self.seed = seed
-        weight = lm.get_output_embeddings().weight
-        if hasattr(weight, "ds_id"):
-            import deepspeed
-            deepspeed.zero.register_external_parameter(self, weight)
+        for p in lm.get_output_embeddings().parameters():  # the weight, and a bias if any
+            if hasattr(p, "ds_id"):
+                import deepspeed
+                deepspeed.zero.register_external_parameter(self, p)
 
     def forward(self, batch, lm_denominator=None, jepa_denominator=None, micro_step=None):
         """``(loss, lm_loss, jepa_loss, cosine, sigreg)``. With ``jepa.sigreg > 0`` and a
@@ -316,6 +316,7 @@ def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int):
                         attn_implementation=attn, init_context=init_ctx)
     if cfg.model.init_from:
         resize_for_tokenizer(model, tokenizer)
+    objective.check_lm_head(model)  # the loss head computes the model's own logits, or one line why not
     optimize(model, cfg.model, device, zero_stage=zero_stage(ds_cfg))  # compile, liger, checkpointing
     module = JepaModule(model, cfg.jepa, stp_predictor=_stp_predictor(cfg, model),
                         sigreg_head=_sigreg_head(cfg, model), seed=cfg.train.seed)

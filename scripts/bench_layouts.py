@@ -160,10 +160,10 @@ def build_three_passes(views, k, pred_ids, pad_id, seq_len, *, padded=False):
 
 def three_pass_step(model, batches, pred_index, target_index):
     """lm_loss + cosine JEPA loss from three separate forwards (no repacking in the step)."""
-    from megajepa.objective import hidden_states, jepa_loss_sum, lm_head_weight, lm_loss_sum
+    from megajepa.objective import hidden_states, jepa_loss_sum, lm_head, lm_loss_sum
 
     hid = [hidden_states(model, b.input_ids, b.position_ids, b.doc_ids, b.roles) for b in batches]
-    lm = lm_loss_sum(hid[0], batches[0].labels, lm_head_weight(model)) / max(batches[0].num_label_tokens, 1)
+    lm = lm_loss_sum(hid[0], batches[0].labels, lm_head(model)) / max(batches[0].num_label_tokens, 1)
     flat = torch.cat([h.reshape(-1, h.shape[-1]) for h in hid[1:]])
     jepa, _ = jepa_loss_sum(flat, pred_index, target_index)
     return lm + jepa / max(pred_index.numel(), 1)

@@ -34,9 +34,9 @@ def test_single_pass_forward_reads_no_label_positions_off_the_device(monkeypatch
     batch = pack(random_examples(10, seed=4), 64, k=2, pred_ids=PRED_IDS, pad_id=PAD)
     hidden = objective.hidden_states(model, batch.input_ids, batch.position_ids, batch.doc_ids,
                                      batch.roles)
-    weight = objective.lm_head_weight(model)
-    found = objective.lm_loss_sum(hidden, batch.labels, weight)  # the fallback: nonzero here
-    given = objective.lm_loss_sum(hidden, batch.labels, weight, label_index=batch.label_index)
+    head = objective.lm_head(model)
+    found = objective.lm_loss_sum(hidden, batch.labels, head)  # the fallback: nonzero here
+    given = objective.lm_loss_sum(hidden, batch.labels, head, label_index=batch.label_index)
     torch.testing.assert_close(given, found, rtol=0, atol=0)
 
     def refuse(*a, **kw):

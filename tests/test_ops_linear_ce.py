@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from megajepa.ops import linear_cross_entropy, liger_available
+from megajepa.ops.linear_ce import liger_linear_cross_entropy
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -104,6 +105,81 @@ def test_dispatch_and_errors():
         linear_cross_entropy(h, weight[:, :2], targets)
 
 
+# --- the model's own head: bias, logit scale, soft cap ------------------------------------
+
+def head_oracle(hidden, weight, bias, targets, scale, softcap, grad_out=1.0):
+    """float64 ``softcap * tanh(scale * (h W^T + b) / softcap)`` then cross-entropy (sum)."""
+    h, w, b = (x.detach().double().requires_grad_() for x in (hidden, weight, bias))
+    z = scale * (h @ w.t() + b)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    loss = F.cross_entropy(z, targets, reduction="sum")
+    (loss * grad_out).backward()
+    return loss.detach(), h.grad, w.grad, b.grad
+
+
+def head_case(dtype, seed, m=37, v=301, d=24):
+    hidden, weight, targets = make_case(m, v, d, dtype, seed)
+    weight = weight * 40  # logits of tens: a soft cap of 30 bites
+    bias = torch.randn(v, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return hidden, weight.to(dtype), bias, targets
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale,softcap", [(1.0, 30.0), (0.0625, None), (0.125, 30.0)])
+@pytest.mark.parametrize("impl", ["chunked", "reference"])
+def test_head_transform_matches_the_float64_oracle(dtype, scale, softcap, impl):
+    hidden, weight, bias, targets = head_case(dtype, seed=7)
+    ref = head_oracle(hidden, weight, bias, targets, scale, softcap, grad_out=0.5)
+    h, w, b = (x.clone().requires_grad_() for x in (hidden, weight, bias))
+    loss = linear_cross_entropy(h, w, targets, bias=b, scale=scale, softcap=softcap,
+                                chunk_size=8, impl=impl)
+    (loss * 0.5).backward()
+    got = (loss.detach(), h.grad, w.grad, b.grad)
+    assert all(g.dtype == dtype for g in got[1:])
+    if dtype == torch.float32:
+        for x, y in zip(got, ref):
+            torch.testing.assert_close(x.double(), y, rtol=1e-5, atol=1e-5)
+    else:  # bf16 logits: compare by relative norm
+        for x, y in zip(got, ref):
+            assert ((x.double() - y).norm() / y.norm()).item() < 2e-2
+    # the transform matters here: without it the loss is another number
+    bare = linear_cross_entropy(hidden, weight, targets, bias=bias, impl="reference")
+    assert abs(bare.item() - ref[0].item()) > 1e-2 * abs(ref[0].item())
+
+
+def test_head_transform_gradcheck_float64():
+    hidden, weight, bias, targets = head_case(torch.float64, seed=8, m=7, v=11, d=4)
+    fn = lambda h, w, b: linear_cross_entropy(h, w, targets, bias=b, scale=0.5, softcap=5.0,  # noqa: E731
+                                              chunk_size=3, impl="chunked")
+    assert torch.autograd.gradcheck(fn, tuple(x.requires_grad_() for x in (hidden, weight, bias)))
+
+
+def test_liger_gets_the_head_it_can_apply_and_refuses_what_it_cannot():
+    """The liger path folds the scale into hidden and bias and passes bias and soft cap to
+    liger's function (here a stand-in with liger's signature computing full logits); a liger
+    without a soft cap argument is refused in one line naming the model and the setting."""
+    def liger_like(input, weight, target, bias=None, ce_weight=None, ignore_index=-100,
+                   reduction="mean", softcap=None, accum_dtype=None):
+        z = input.double() @ weight.double().t() + (0 if bias is None else bias.double())
+        if softcap is not None:
+            z = softcap * torch.tanh(z / softcap)
+        return F.cross_entropy(z, target, reduction=reduction)
+
+    def old_liger(input, weight, target, bias=None, reduction="mean", accum_dtype=None):
+        raise AssertionError("must not be called")
+
+    hidden, weight, bias, targets = head_case(torch.float64, seed=9)
+    ref = head_oracle(hidden, weight, bias, targets, 0.125, 30.0)[0]
+    got = liger_linear_cross_entropy(hidden, weight, targets, bias=bias, scale=0.125, softcap=30.0,
+                                     fn=liger_like)
+    torch.testing.assert_close(got, ref)
+    with pytest.raises(ValueError, match=r"^gemma2 \(final_logit_softcapping=30.0\): .*cannot apply the head's softcap"):
+        liger_linear_cross_entropy(hidden, weight, targets, softcap=30.0, fn=old_liger,
+                                   owner="gemma2 (final_logit_softcapping=30.0)")
+    liger_linear_cross_entropy(hidden, weight, targets, scale=0.5, fn=liger_like)  # no cap: fine
+
+
 class LargestTensor(TorchDispatchMode):
     """Records the element count of the largest tensor any op produces."""
 
@@ -119,14 +195,14 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
-def largest_tensor_and_saved(m, impl, chunk=8, v=1000, d=16):
+def largest_tensor_and_saved(m, impl, chunk=8, v=1000, d=16, **head):
     hidden, weight, targets = make_case(m, v, d, torch.float32, seed=4)
     h, w = hidden.requires_grad_(), weight.requires_grad_()
     saved = []
     with LargestTensor() as mode, torch.autograd.graph.saved_tensors_hooks(
         lambda t: saved.append(t.numel()) or t, lambda t: t
     ):
-        linear_cross_entropy(h, w, targets, chunk_size=chunk, impl=impl).backward()
+        linear_cross_entropy(h, w, targets, chunk_size=chunk, impl=impl, **head).backward()
     return mode.largest, max(saved, default=0)
 
 
@@ -134,9 +210,10 @@ def test_peak_memory_does_not_grow_with_tokens_times_vocab():
     v, d, chunk = 1000, 16, 8
     bound = max(chunk * v, v * d)  # a chunk of logits, or the weight gradient
     for m in (64, 256):
-        largest, saved = largest_tensor_and_saved(m, "chunked", chunk, v, d)
-        assert largest <= bound < m * v
-        assert saved <= v * d
+        for head in ({}, dict(scale=0.5, softcap=30.0)):
+            largest, saved = largest_tensor_and_saved(m, "chunked", chunk, v, d, **head)
+            assert largest <= bound < m * v
+            assert saved <= v * d
     # the check can fail: the full-logits path builds and saves an [M, V] tensor
     largest, saved = largest_tensor_and_saved(64, "reference", chunk, v, d)
     assert largest >= 64 * v and saved >= 64 * v

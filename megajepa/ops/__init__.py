@@ -3,7 +3,8 @@
 * :func:`cosine_loss` — JEPA ``mean(1 - cos)`` over gathered row pairs; Triton kernel
   (:func:`fused_cosine_loss`) with a pure PyTorch reference (:func:`cosine_loss_reference`).
 * :func:`linear_cross_entropy` — LM-head projection + summed cross-entropy without
-  ``[tokens, vocab]`` logits: liger-kernel on CUDA, chunked PyTorch elsewhere.
+  ``[tokens, vocab]`` logits, with the model's own bias, logit scale and soft cap:
+  liger-kernel on CUDA, chunked PyTorch elsewhere.
 * :func:`stp_loss` — Semantic Tube Prediction: signed row gathers into span/rest embeddings,
   weighted ``1 - cos``; Triton kernels (:func:`fused_stp_loss`) with an eager reference.
 
@@ -17,6 +18,7 @@ from megajepa.ops.linear_ce import (
     linear_cross_entropy,
     linear_cross_entropy_reference,
     liger_available,
+    transform_logits,
 )
 from megajepa.ops.stp import fused_stp_loss, stp_loss, stp_loss_reference
 
@@ -33,5 +35,6 @@ __all__ = [
     "liger_available",
     "stp_loss",
     "stp_loss_reference",
+    "transform_logits",
     "triton_available",
 ]
