@@ -4,6 +4,8 @@
   an option's default is appended as ``(default: X)`` only when it says something: not for
   ``None``, ``False``, an empty string, or a help text that already names its default.
 * :func:`positive_int`: argparse type for counts that must be >= 1.
+* :func:`glue_pass_through`: ``--train-flags "--lr 1e-4"`` as written (argparse alone reads a
+  value that starts with ``--`` as an option and stops: "expected one argument").
 * :func:`child_env`: the environment for child processes of the scripts (this checkout
   importable from any working directory).
 * :func:`add_template_args`: ``--template`` and ``--system-in-plain``, as training laid out
@@ -20,7 +22,7 @@ import os
 from data_tools.errors import DataError
 
 __all__ = ["HelpFormatter", "positive_int", "must_exist", "output_dir", "add_template_args",
-           "child_env"]
+           "child_env", "glue_pass_through"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -85,3 +87,17 @@ def child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
+
+
+def glue_pass_through(argv, flags) -> list:
+    """``argv`` with each of ``flags`` joined to its value (``--train-flags VALUE`` ->
+    ``--train-flags=VALUE``), so that a value holding other tools' flags parses."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in flags and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out

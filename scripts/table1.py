@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 from data_tools.errors import DataError, run_cli  # noqa: E402
 from data_tools.readers import iter_jsonl  # noqa: E402
 from megajepa import stats  # noqa: E402
-from megajepa.cli import HelpFormatter, child_env, must_exist, output_dir, positive_int  # noqa: E402
+from megajepa.cli import (HelpFormatter, child_env, glue_pass_through, must_exist,  # noqa: E402
+                          output_dir, positive_int)
 
 METRICS = ("exact", "startswith", "semantic")
 COLLAPSE = ("paired_cos", "shuffled_cos", "code_code_cos", "pred_pred_cos", "eff_rank_code",
@@ -326,7 +327,8 @@ def check_inputs(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(glue_pass_through(argv, {"--train-flags"}))
     check_inputs(args)
     if args.report:
         table = report(_read_jsonl(args.results), args.tag, args.baseline)
