@@ -66,6 +66,9 @@ class DataConfig:
     embedded_eval: int = _f(200, "embedded dataset: held-out pairs for the final eval (0 = none)")
     embedded_vocab: int = _f(512, "embedded dataset: SentencePiece vocabulary size")
     template: str = _f("plain", "pair prompt template: plain (text <sep> code </s>) or chat")
+    on_bad: str = _f("error", "a raw JSONL data.train with a bad record (malformed JSON, an "
+                              "empty view, ...): error (one line naming file and line) or skip "
+                              "(skipped and counted, as data_tools --on-bad skip)")
 
 
 @dataclass
@@ -177,6 +180,7 @@ CHOICES = {
     "model.liger": ("auto", "on", "off"),
     "data.overflow": ("drop", "truncate"),
     "data.template": ("plain", "chat"),
+    "data.on_bad": ("error", "skip"),
     "jepa.distance": ("cosine", "l2", "mse", "infonce"),
     "jepa.jepa_pairs": ("next", "all"),
     "jepa.read_at": ("end", "last"),

@@ -141,7 +141,8 @@ def _build(cfg, run_dir: str, rank: int) -> tuple[str, str]:
         try:
             outcome[:2] = build_store(d.train, os.path.join(run_dir, "data"), tokenizer=d.tokenizer,
                                       vocab_size=d.vocab_size, k=max(8, cfg.jepa.k),
-                                      template=d.template, max_doc_tokens=d.seq_len)
+                                      template=d.template, max_doc_tokens=d.seq_len,
+                                      on_bad=d.on_bad)
         except Exception as e:  # noqa: BLE001 - every rank must learn it, or the others hang
             outcome[2] = e
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -644,20 +644,26 @@ def _export_and_eval(run: Run, step: int) -> dict:
     return out
 
 
+def _error(e: BaseException, code: int) -> int:
+    """One ``error:`` line for the whole launch, from rank 0: the errors main catches are the
+    same on every rank (the config, data errors rank 0 shares, a non-finite loss the ranks
+    agreed on); every rank exits with ``code``."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {e}", file=sys.stderr)
+    return code
+
+
 def main(argv=None) -> int:
     try:
         cfg = config_mod.load(argv)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, 2)
     try:
         result = train(cfg)
     except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        return _error(e, 3)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, 2)
     finally:
         if dist.is_available() and dist.is_initialized():
             with contextlib.suppress(Exception):

@@ -60,6 +60,8 @@ def stopped_run(jsonl, tmp_path_factory):
     d = str(tmp_path_factory.mktemp("jsonl") / "run")
     os.makedirs(d)
     open(os.path.join(d, "STOP"), "w").close()
+    later = time.time() + 3600   # as if touched after the start (an older one is stale, removed)
+    os.utime(os.path.join(d, "STOP"), (later, later))
     args = ["--data.train", jsonl, "--steps", "6", "--run-dir", d, "--train.log_every", "2"] + TINY
     return d, args, pretrain(args)
 
@@ -103,6 +105,16 @@ def test_bad_jsonl_train_is_one_line_and_leaves_no_run_dir(tmp_path):
     p = pretrain(["--data.train", str(bad), "--run-dir", str(d)] + TINY)
     assert p.returncode == 2 and f"{bad}:2:" in one_error_line(p.stderr)
     assert not d.exists()
+
+
+def test_bad_jsonl_train_records_are_skipped_and_counted_with_on_bad_skip(jsonl, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(open(jsonl).read() + '{"messages": [}\n' + json.dumps({"messages": []}) + "\n")
+    d = tmp_path / "run"
+    p = pretrain(["--data.train", str(bad), "--data.on_bad", "skip", "--run-dir", str(d), "--steps", "1",
+                  "--train.export", "false", "--train.final_eval", "false"] + TINY)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "400 records" in p.stdout and "2 bad records skipped" in p.stdout, p.stdout[-3000:]
 
 
 # ----------------------------------------------------------------------------- item 5: stopping
@@ -171,6 +183,8 @@ def test_two_ranks_build_from_jsonl_and_stop_on_the_stop_file(jsonl, tmp_path):
     d = tmp_path / "two"
     d.mkdir()
     (d / "STOP").touch()
+    later = time.time() + 3600   # as if touched after the start (an older one is stale, removed)
+    os.utime(d / "STOP", (later, later))
     cmd = DEEPSPEED + ["--quiet", "--num_gpus", "2", "--master_port", "29741",
            os.path.join(ROOT, "pretrain.py"), "--data.train", jsonl, "--steps", "6",
            "--run-dir", str(d), "--train.log_every", "2", "--data.micro_batch_rows", "2"] + TINY[2:]
@@ -183,6 +197,20 @@ def test_two_ranks_build_from_jsonl_and_stop_on_the_stop_file(jsonl, tmp_path):
     assert text.count("data: preprocessed") == 1
     for noise in ("FutureWarning", "built successfully", "Setting accelerator", "CUDA_VISIBLE_DEVICES"):
         assert noise not in text, noise
+
+
+def test_two_ranks_print_one_error_line_and_both_exit_2(tmp_path):
+    """A bad input under the launcher: one ``error:`` line for the launch, not one per rank."""
+    cmd = DEEPSPEED + ["--quiet", "--num_gpus", "2", "--master_port", "29743",
+                       os.path.join(ROOT, "pretrain.py"), "--data.train", str(tmp_path / "none.jsonl"),
+                       "--run-dir", str(tmp_path / "run")]
+    p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu"),
+                       capture_output=True, text=True, timeout=300)
+    errors = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("error:")]
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert errors == [f"error: data.train {tmp_path / 'none.jsonl'}: does not exist (give a store from "
+                      "python -m data_tools.preprocess, or a chat/group/text JSONL or .txt file)"], errors
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------- item 6: config errors first
