@@ -26,6 +26,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "cuda": ["triton>=3.0", "liger-kernel>=0.5"],
+        "gguf": ["gguf>=0.10", "accelerate>=1.0"],  # --init-from a .gguf file (megajepa.pretrained)
         "dev": ["pytest>=8", "hypothesis>=6.100", "triton>=3.0"],
     },
 )

@@ -31,7 +31,9 @@ def _f(default, help, **kw):
 class ModelConfig:
     preset: str = _f("tiny", "model shape for random init: tiny, mini, small, 125m, llama-3.2-1b, "
                               "llama-3.2-3b, llama-3.1-8b")
-    init_from: str | None = _f(None, "local Hugging Face checkpoint to fine-tune (overrides preset)")
+    init_from: str | None = _f(None, "pretrained checkpoint to fine-tune (overrides preset): a "
+                                     "local Hugging Face folder, a hub name org/name, or a .gguf "
+                                     "file (converted once into <run_dir>/init_model)")
     attn: str = _f("auto", "attention backend: auto (flex_attention on CUDA, sdpa on CPU), "
                            "sdpa, flex_attention, eager")
     compile: str = _f("auto", "torch.compile: auto (layers on CUDA unless ZeRO-3, off on CPU), "
@@ -51,7 +53,8 @@ class DataConfig:
     eval: str | None = _f(None, "held-out chat-messages JSONL for the final generation eval; "
                                 "empty = embedded test split (or none for a custom store)")
     tokenizer: str | None = _f(None, "tokenizer directory; empty = the store's tokenizer (for a "
-                                     "JSONL/.txt data.train: one trained on it in <run_dir>/data)")
+                                     "JSONL/.txt data.train or the embedded data: model.init_from's "
+                                     "tokenizer, else one trained on it in <run_dir>/data)")
     vocab_size: int = _f(8000, "SentencePiece vocabulary trained for a JSONL/.txt data.train "
                                "when data.tokenizer is empty")
     seq_len: int = _f(256, "tokens per packed row")

@@ -5,15 +5,24 @@ config (the held-out evaluations the loop calls live in :mod:`megajepa.heldout`)
 
     a store (a directory with manifest.json)   used as it is
     a chat / group / text JSONL, or .txt       preprocessed into <run_dir>/data/store by
-                                               data_tools.build.build_store (rank 0), with a
-                                               tokenizer trained there unless data.tokenizer
+                                               data_tools.build.build_store (rank 0)
     empty                                      the **embedded** NL-RX-style dataset: rank 0
-                                               generates pairs (data_tools.nlrx), trains a small
-                                               tokenizer and builds <run_dir>/embedded; its
-                                               held-out split (disjoint regexes) is the final eval
+                                               generates pairs (data_tools.nlrx) and builds
+                                               <run_dir>/embedded; its held-out split (disjoint
+                                               regexes) is the final eval
 
-All three are reused on resume. :func:`check_paths` runs before anything is written: a
-missing path is one :class:`DataError` naming the setting and the path.
+All three are reused on resume. Which tokenizer turns text into ids, everywhere (the JSONL,
+the embedded data, the held-out set ``data.eval``)::
+
+    data.tokenizer, when given
+    else, with model.init_from, the model's own (its chat template too)
+    else a SentencePiece tokenizer trained on the data (the store's, for a store)
+
+A pretrained model first becomes a local folder (:func:`megajepa.pretrained.resolve`, rank 0:
+a hub snapshot, or a GGUF file converted into ``<run_dir>/init_model``), and a store whose
+ids do not mean what the model's tokenizer means is refused before training
+(:func:`check_vocabulary`). :func:`check_paths` runs before anything is written: a missing
+path is one :class:`DataError` naming the setting and the path.
 """
 from __future__ import annotations
 
@@ -27,6 +36,8 @@ import numpy as np
 import torch.distributed as dist
 
 from data_tools.errors import DataError
+from data_tools.tokenizer import load_tokenizer
+from megajepa import pretrained
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,7 @@ class RunData:
     eval_path: str | None
     description: str = ""         # one line for the console: what the run trains on
     system_in_plain: bool = False  # the store's plain prompts carry the system prompt (held-out evals too)
+    model_dir: str | None = None   # model.init_from as a local folder (None: random init)
 
 
 def is_store(path: str) -> bool:
@@ -75,24 +87,24 @@ def check_paths(cfg) -> None:
     if d.tokenizer and not os.path.exists(d.tokenizer) and not is_repo_id(d.tokenizer):
         raise DataError(f"data.tokenizer {d.tokenizer}: no such directory (a tokenizer is a local "
                         "directory, or a Hugging Face hub name org/name)")
-    if m.init_from and not os.path.isfile(os.path.join(m.init_from, "config.json")):
-        raise DataError(f"model.init_from {m.init_from}: " + (
-            "not a Hugging Face model directory (no config.json)" if os.path.isdir(m.init_from)
-            else "does not exist (a local Hugging Face model directory)"))
+    if m.init_from:
+        pretrained.check_source(m.init_from)
     if t.resume and t.resume != "auto" and not os.path.exists(t.resume):
         raise DataError(f"train.resume {t.resume}: no complete checkpoint found: the path does not "
                         "exist (give a run dir, its checkpoints/ or one step_* dir; or auto)")
 
 
-def _embedded_options(cfg) -> dict:
+def _embedded_options(cfg, tokenizer: str | None) -> dict:
     d = cfg.data
-    return dict(examples=d.embedded_examples, eval=d.embedded_eval, vocab=d.embedded_vocab,
-                seed=cfg.train.seed, k=max(8, cfg.jepa.k), template=d.template)
+    options = dict(examples=d.embedded_examples, eval=d.embedded_eval, vocab=d.embedded_vocab,
+                   seed=cfg.train.seed, k=max(8, cfg.jepa.k), template=d.template)
+    return options if tokenizer is None else dict(options, vocab=None, tokenizer=tokenizer)
 
 
-def _embedded(cfg, run_dir: str, rank: int) -> tuple[str, str | None]:
-    """Generate + tokenize the embedded dataset once (rank 0); return (store, eval_jsonl or
-    None when ``data.embedded_eval`` is 0). Rebuilt when its options change."""
+def _embedded(cfg, run_dir: str, rank: int, tokenizer: str | None) -> tuple[str, str | None]:
+    """Generate + tokenize the embedded dataset once (rank 0), with ``tokenizer`` or one
+    trained on it; return (store, eval_jsonl or None when ``data.embedded_eval`` is 0).
+    Rebuilt when its options change."""
     from data_tools import nlrx
     from data_tools.preprocess import preprocess
     from data_tools.tokenizer import train_sentencepiece
@@ -100,7 +112,7 @@ def _embedded(cfg, run_dir: str, rank: int) -> tuple[str, str | None]:
     d = cfg.data
     root = os.path.join(run_dir, "embedded")
     store, eval_jsonl = os.path.join(root, "train_store"), os.path.join(root, "test.jsonl")
-    done, options = os.path.join(root, "READY"), _embedded_options(cfg)
+    done, options = os.path.join(root, "READY"), _embedded_options(cfg, tokenizer)
     if rank == 0 and _read_json(done) != options:
         os.makedirs(root, exist_ok=True)
         seed = cfg.train.seed
@@ -110,11 +122,13 @@ def _embedded(cfg, run_dir: str, rank: int) -> tuple[str, str | None]:
             with open(os.path.join(root, name), "w") as fh:
                 for r in rows:
                     fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
-        texts = [r["description"] for r in train] + [r["regex"] for r in train]
-        tok_dir = os.path.join(root, "tokenizer")
-        train_sentencepiece(texts, tok_dir, vocab_size=d.embedded_vocab, k=options["k"])
+        tok_dir = tokenizer
+        if tok_dir is None:
+            texts = [r["description"] for r in train] + [r["regex"] for r in train]
+            tok_dir = os.path.join(root, "tokenizer")
+            train_sentencepiece(texts, tok_dir, vocab_size=d.embedded_vocab, k=options["k"])
         preprocess([os.path.join(root, "train.jsonl")], store, tokenizer=tok_dir,
-                   template=d.template, overwrite=True, progress=False)
+                   template=d.template, k=options["k"], overwrite=True, progress=False)
         with open(done, "w") as fh:
             json.dump(options, fh)
     if dist.is_initialized():
@@ -130,32 +144,49 @@ def _read_json(path: str):
         return None
 
 
-def _build(cfg, run_dir: str, rank: int) -> tuple[str, str]:
-    """Raw records in ``data.train`` -> ``<run_dir>/data/store`` (rank 0, then every rank
-    learns the outcome: the store, or the same error)."""
-    from data_tools.build import build_store
-
-    d = cfg.data
-    outcome = [None, None, None]  # store, description, error
+def _on_rank0(fn, rank: int, what: str):
+    """``fn()`` on rank 0; every rank returns its result or raises its error (else the other
+    ranks would hang). Ranks > 0 run ``fn`` neither."""
+    outcome = [None, None]  # result, error
     if rank == 0:
         try:
-            outcome[:2] = build_store(d.train, os.path.join(run_dir, "data"), tokenizer=d.tokenizer,
-                                      vocab_size=d.vocab_size, k=max(8, cfg.jepa.k),
-                                      template=d.template, max_doc_tokens=d.seq_len,
-                                      on_bad=d.on_bad)
+            outcome[0] = fn()
         except Exception as e:  # noqa: BLE001 - every rank must learn it, or the others hang
-            outcome[2] = e
+            outcome[1] = e
     if dist.is_initialized() and dist.get_world_size() > 1:
         shared = list(outcome)
-        if rank == 0 and outcome[2] is not None and not isinstance(outcome[2], DataError):
-            shared[2] = RuntimeError(f"rank 0 could not build the store: {outcome[2]}")  # picklable
+        if rank == 0 and outcome[1] is not None and not isinstance(outcome[1], DataError):
+            shared[1] = RuntimeError(f"rank 0 could not {what}: {outcome[1]}")  # picklable
         dist.broadcast_object_list(shared, src=0)
         if rank != 0:
             outcome = shared
-    store, description, error = outcome
+    result, error = outcome
     if error is not None:
         raise error
-    return store, description
+    return result
+
+
+def _build(cfg, run_dir: str, rank: int, tokenizer: str | None) -> tuple[str, str]:
+    """Raw records in ``data.train`` -> ``<run_dir>/data/store`` with ``tokenizer`` (None:
+    one trained on them), on rank 0; every rank learns the store, or the same error."""
+    from data_tools.build import build_store
+
+    d = cfg.data
+    return _on_rank0(lambda: build_store(
+        d.train, os.path.join(run_dir, "data"), tokenizer=tokenizer, vocab_size=d.vocab_size,
+        k=max(8, cfg.jepa.k), template=d.template, max_doc_tokens=d.seq_len, on_bad=d.on_bad),
+        rank, "build the store")
+
+
+def model_dir(cfg, run_dir: str, rank: int) -> str | None:
+    """``model.init_from`` as a local folder: resolved (downloaded, converted) on rank 0 first,
+    then on the others from what rank 0 left (the cache, ``<run_dir>/init_model``)."""
+    source = cfg.model.init_from
+    if not source:
+        return None
+    gguf_dir = os.path.join(run_dir, pretrained.INIT_DIR)
+    path = _on_rank0(lambda: pretrained.resolve(source, gguf_dir=gguf_dir), rank, "resolve model.init_from")
+    return path if rank == 0 else pretrained.resolve(source, gguf_dir=gguf_dir)
 
 
 EVAL_STORE, EVAL_SOURCE = "eval_store", "eval_store.json"
@@ -212,16 +243,18 @@ def folder_digest(folder: str) -> str:
 
 def prepare(cfg, run_dir: str, *, rank: int) -> RunData:
     from data_tools.store import open_store
-    from data_tools.tokenizer import load_tokenizer, pred_ids
+    from data_tools.tokenizer import pred_ids
 
     d = cfg.data
+    model = model_dir(cfg, run_dir, rank)
+    text_tokenizer = d.tokenizer or model  # None: train one on the data
     if d.train and is_store(d.train):
         store_path, eval_jsonl, description = d.train, d.eval, None
     elif d.train:
-        store_path, description = _build(cfg, run_dir, rank)
+        store_path, description = _build(cfg, run_dir, rank, text_tokenizer)
         eval_jsonl = d.eval
     else:
-        store_path, eval_jsonl = _embedded(cfg, run_dir, rank)
+        store_path, eval_jsonl = _embedded(cfg, run_dir, rank, text_tokenizer)
         eval_jsonl = d.eval or eval_jsonl
         held = f"{d.embedded_eval} held out for the final eval" if d.embedded_eval else "none held out"
         description = (f"the embedded NL-RX-style dataset: {d.embedded_examples} generated pairs, "
@@ -233,6 +266,11 @@ def prepare(cfg, run_dir: str, *, rank: int) -> RunData:
                        f"{counts.get('tokens', '?')} tokens")
     tok_dir = d.tokenizer or store.tokenizer_path
     tok, added = load_tokenizer(tok_dir)
+    if d.tokenizer or model:
+        made_with = tok if tok_dir == store.tokenizer_path else load_tokenizer(store.tokenizer_path)[0]
+        check_vocabulary(store, made_with, d.tokenizer or model,
+                         f"data.tokenizer {d.tokenizer}" if d.tokenizer else
+                         f"the model's tokenizer (model.init_from {cfg.model.init_from})")
     if added and not cfg.model.init_from:
         raise ValueError(f"tokenizer {tok_dir} lacks {added}; a from-scratch run needs a "
                          "megajepa tokenizer (python -m data_tools.train_tokenizer)")
@@ -248,7 +286,23 @@ def prepare(cfg, run_dir: str, *, rank: int) -> RunData:
         eval_store = open_store(_tokenize_eval(eval_jsonl, tok_dir, run_dir, d.template, rank,
                                                system_in_plain))
     return RunData(store, tok, pred_ids(tok), tok.pad_token_id, eval_store, eval_records,
-                   eval_jsonl, "data: " + description, system_in_plain=system_in_plain)
+                   eval_jsonl, "data: " + description, system_in_plain=system_in_plain,
+                   model_dir=model)
+
+
+def check_vocabulary(store, store_tokenizer, reference: str, label: str) -> None:
+    """Refuse a store whose ids do not mean what the tokenizer in ``reference`` (the model's
+    folder, or ``data.tokenizer``) means: every token of that vocabulary must have the same id
+    in the tokenizer the store was made with (the megajepa tokens added to it may follow)."""
+    ref, added = load_tokenizer(reference)
+    have = store_tokenizer.get_vocab()
+    for token, i in sorted(ref.get_vocab().items(), key=lambda kv: kv[1]):
+        if token not in added and have.get(token) != i:
+            where = "is missing" if token not in have else f"is id {have[token]}"
+            raise DataError(
+                f"store {store.path} was tokenized with a different vocabulary than {label}: "
+                f"{token!r} {where} in the store's tokenizer and id {i} in that one "
+                f"({len(have)} vs {len(ref)} tokens); preprocess with --tokenizer {reference}")
 
 
 def check_compatible(cfg, data: RunData) -> None:

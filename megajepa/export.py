@@ -72,13 +72,14 @@ def consolidated_state_dict(root: str, tag: str) -> dict:
             if not k.startswith(_NOT_LM)}
 
 
-def _skeleton(cfg, vocab_size: int):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _skeleton(cfg, vocab_size: int, run_dir: str):
+    from transformers import AutoModelForCausalLM
 
     from megajepa.model import llama_config
+    from megajepa.pretrained import config_of
 
-    if cfg.model.init_from:
-        config = AutoConfig.from_pretrained(cfg.model.init_from)
+    if cfg.model.init_from:  # a folder, a hub name or a GGUF file (its run's conversion)
+        config = config_of(cfg.model.init_from, run_dir)
         config.vocab_size = vocab_size
         config._attn_implementation = "sdpa"
         return AutoModelForCausalLM.from_config(config)
@@ -226,7 +227,7 @@ def export(checkpoint_path: str, out_dir: str, *, dtype: str = "auto",
     tok, _ = load_tokenizer(tok_dir)
     state = consolidated_state_dict(root, tag)
     vocab = state["model.embed_tokens.weight"].shape[0]
-    model = _skeleton(cfg, vocab)
+    model = _skeleton(cfg, vocab, os.path.dirname(os.path.dirname(tag_dir)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:

@@ -1,11 +1,12 @@
-"""Model construction: Llama-shaped presets with random init, or a local HF checkpoint.
+"""Model construction: Llama-shaped presets with random init, or a pretrained checkpoint.
 
 ``build_model(preset=..., vocab_size=...)`` makes a ``LlamaForCausalLM`` from a preset shape
 (vocabulary from the tokenizer) with a seeded random init; ``build_model(init_from=dir)``
-loads any local Hugging Face causal LM. Predictor tokens ``<pred_1> .. <pred_K>`` live in the
-vocabulary: a megajepa tokenizer has them already; for a foreign tokenizer
-``data_tools.tokenizer.load_tokenizer`` adds them and :func:`resize_for_tokenizer` grows the
-embeddings to match.
+loads any local Hugging Face causal LM (a hub name or a GGUF file is made a local folder
+first by :mod:`megajepa.pretrained`, which ``megajepa.data.prepare`` calls). Predictor
+tokens ``<pred_1> .. <pred_K>`` live in the vocabulary: a megajepa tokenizer has them
+already; for a foreign tokenizer ``data_tools.tokenizer.load_tokenizer`` adds them and
+:func:`resize_for_tokenizer` grows the embeddings to match.
 
 Under ZeRO-3 pass ``init_context=deepspeed.zero.Init(...)`` so parameters are partitioned
 as they are created.
@@ -31,6 +32,7 @@ import os
 
 import torch
 
+from megajepa import pretrained
 from megajepa.ops.linear_ce import liger_available as liger_installed
 
 log = logging.getLogger("megajepa")
@@ -102,7 +104,7 @@ def build_model(*, preset: str | None = None, vocab_size: int | None = None,
         if not os.path.isdir(init_from) or not os.path.exists(os.path.join(init_from, "config.json")):
             raise FileNotFoundError(
                 f"--init-from {init_from!r} is not a local Hugging Face model directory "
-                "(no config.json); download it first or point at an exported checkpoint")
+                "(no config.json); resolve a hub name or a GGUF file with megajepa.pretrained")
         with ctx:
             return AutoModelForCausalLM.from_pretrained(
                 init_from, dtype=dtype, attn_implementation=attn_implementation)
@@ -139,13 +141,9 @@ def estimate_parameters(preset: str | None = None, init_from: str | None = None,
                         vocab_size: int = LLAMA3_VOCAB) -> int:
     """Parameters a run will train, before its tokenizer is known: the preset's shape with
     ``vocab_size`` (default: the Llama-3 vocabulary, an upper bound), or the HF config of
-    ``init_from``."""
+    ``init_from`` (a folder, a hub name or a GGUF file: :func:`megajepa.pretrained.config_of`)."""
     if init_from:
-        from transformers import AutoConfig
-
-        if not os.path.exists(os.path.join(init_from, "config.json")):
-            raise FileNotFoundError(f"--init-from {init_from!r}: no config.json")
-        return llama_parameters(AutoConfig.from_pretrained(init_from))
+        return llama_parameters(pretrained.config_of(init_from))
     return llama_parameters(llama_config(preset, vocab_size))
 
 

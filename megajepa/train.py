@@ -210,7 +210,7 @@ def setup(cfg: config_mod.Config) -> Run:
         console.say(f"run dir {run_dir}: config {os.path.join(run_dir, 'config.yaml')}, log {log_path}, "
                     f"metrics: tensorboard --logdir {os.path.join(run_dir, 'tb')}")
         console.say(data.description)
-    engine, scheduler = make_engine(cfg, data.tokenizer, ds_cfg, device, total)
+    engine, scheduler = make_engine(cfg, data.tokenizer, ds_cfg, device, total, data.model_dir)
 
     start = 0
     if resume_tag:
@@ -303,18 +303,19 @@ def attention(cfg, device) -> str:
         "flex_attention" if device.type == "cuda" else "sdpa")
 
 
-def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int):
-    """The model (under ``zero.Init`` for ZeRO-3), AdamW, the LR schedule over
-    ``total_steps`` optimizer steps, the engine."""
+def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int, model_dir=None):
+    """The model (``model_dir``: ``model.init_from`` as a local folder, else a random init;
+    under ``zero.Init`` for ZeRO-3), AdamW, the LR schedule over ``total_steps`` optimizer
+    steps, the engine."""
     import deepspeed
     from megajepa.model import build_model, optimize, resize_for_tokenizer
 
     attn = attention(cfg, device)
     init_ctx = deepspeed.zero.Init(config_dict_or_path=ds_cfg) if zero_stage(ds_cfg) == 3 else None
-    model = build_model(preset=None if cfg.model.init_from else cfg.model.preset,
-                        vocab_size=len(tokenizer), init_from=cfg.model.init_from, seed=cfg.train.seed,
+    model = build_model(preset=None if model_dir else cfg.model.preset,
+                        vocab_size=len(tokenizer), init_from=model_dir, seed=cfg.train.seed,
                         attn_implementation=attn, init_context=init_ctx)
-    if cfg.model.init_from:
+    if model_dir:
         resize_for_tokenizer(model, tokenizer)
     objective.check_lm_head(model)  # the loss head computes the model's own logits, or one line why not
     optimize(model, cfg.model, device, zero_stage=zero_stage(ds_cfg))  # compile, liger, checkpointing
