@@ -8,6 +8,7 @@
 #
 #   scripts/finetune_hf.sh --size tiny                          # makes a tiny random HF Llama first
 #   MODEL_DIR=/models/Llama-3.2-1B-Instruct NGPUS=8 scripts/finetune_hf.sh --size paper
+#   MODEL_DIR=meta-llama/Llama-3.2-1B-Instruct scripts/finetune_hf.sh --size paper   # a hub name
 #   scripts/finetune_hf.sh --size tiny -- --k 2 --lambda 0.5    # extra flags go to pretrain.py
 #
 # Steps: (tiny only) scripts/make_tiny_hf.py -> store with the model's tokenizer and chat
@@ -18,8 +19,10 @@
 #
 # Environment (all optional except MODEL_DIR at paper scale):
 #   SIZE       tiny | paper (or --size; default tiny)
-#   MODEL_DIR  local Hugging Face model folder (config.json, weights, tokenizer with a chat
-#              template); tiny default: $OUT/tiny_hf, made by scripts/make_tiny_hf.py
+#   MODEL_DIR  the model: a local Hugging Face folder (config.json, weights, tokenizer with a
+#              chat template), a hub name org/name (the local cache, downloaded once), or a
+#              .gguf file (de-quantized once into $OUT/model by python -m megajepa.pretrained);
+#              tiny default: $OUT/tiny_hf, made by scripts/make_tiny_hf.py
 #   NGPUS      GPUs per node (default: all that nvidia-smi lists, 0 without a GPU)
 #   HOSTFILE   multi-node: a DeepSpeed hostfile ("node1 slots=8" per line); NNODES nodes
 #   OUT        output root (default runs/finetune_hf-$SIZE)
@@ -32,13 +35,18 @@
 # from the latest checkpoint (--resume auto).
 set -euo pipefail
 
+HUB_NAME=  # a MODEL_DIR that is no path here is a hub name: recipe_common must not make it one
+if [ -n "${MODEL_DIR:-}" ] && [ ! -e "$MODEL_DIR" ] && [[ "$MODEL_DIR" != *.gguf ]]; then
+  HUB_NAME=$MODEL_DIR
+fi
 source "$(dirname "$0")/recipe_common.sh" "$@"
+[ -z "$HUB_NAME" ] || MODEL_DIR=$HUB_NAME
 OUT=${OUT:-runs/finetune_hf-$SIZE}
 ARMS=${ARMS:-next_token jepa}
 CONFIG=configs/nlrx_finetune_hf_$SIZE.yaml
 if [ "$SIZE" = tiny ]; then EVAL_LIMIT=${EVAL_LIMIT:-200}; else EVAL_LIMIT=${EVAL_LIMIT:-0}; fi
 if [ "$SIZE" = paper ] && [ -z "${MODEL_DIR:-}" ]; then
-  echo "paper scale needs MODEL_DIR=<local Hugging Face model folder> (e.g. Llama-3.2-1B-Instruct)" >&2
+  echo "paper scale needs MODEL_DIR=<Hugging Face folder, hub name or .gguf file> (e.g. Llama-3.2-1B-Instruct)" >&2
   exit 2
 fi
 nlrx_paths  # sets TRAIN_JSONL, TEST_JSONL; checks DATA_DIR before anything is written
@@ -49,11 +57,15 @@ SECONDS=0
 # 1. data: NL-RX-SYNTH pairs (or the embedded generator's stand-in)
 nlrx_data
 
-# 2. the model: a local HF folder; at tiny scale a random tiny Llama with its own tokenizer
+# 2. the model: a local HF folder or a hub name as given; a .gguf file converted once (reused
+#    while the file is unchanged); at tiny scale a random tiny Llama with its own tokenizer
 if [ -z "${MODEL_DIR:-}" ]; then
   MODEL_DIR=$OUT/tiny_hf
   [ -f "$MODEL_DIR/config.json" ] ||
     python scripts/make_tiny_hf.py --data "$TRAIN_JSONL" --out "$MODEL_DIR"
+elif [[ "$MODEL_DIR" == *.gguf ]]; then
+  python -m megajepa.pretrained "$MODEL_DIR" --out "$OUT/model"
+  MODEL_DIR=$OUT/model
 fi
 echo "== finetune_hf: size=$SIZE ngpus=$NGPUS model=$MODEL_DIR config=$CONFIG out=$OUT"
 
