@@ -138,7 +138,8 @@ def run_query(db_path, query: str, timeout_s: float = 5.0, max_rows: int = 1_000
     The query is untrusted (a model wrote it; a data file holds the reference): it may only
     read the one database. The file is opened read-only and an authorizer denies every action
     but reading and SQLite's own functions (no ATTACH/DETACH, VACUUM [INTO], PRAGMA,
-    transactions, CREATE/DROP/ALTER, writes, ``load_extension`` or file functions); one
+    transactions, CREATE/DROP/ALTER, writes, ``load_extension`` or file functions; table-valued
+    functions such as ``json_each`` too: SQLite reports their set-up as a schema update); one
     statement only. Where Python has ``setlimit`` (3.11+), no database may be attached and a
     value longer than ``MAX_VALUE_BYTES`` is an error.
     The time limit is enforced from inside SQLite's VM (a progress handler aborts the
