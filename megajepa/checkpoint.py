@@ -128,13 +128,15 @@ def safe_globals() -> list:
 def torch_load(path: str, **kwargs):
     """``torch.load`` with ``weights_only=True`` (on the CPU), :func:`safe_globals` allowed;
     a file that needs more is refused with a :class:`DataError` naming it."""
+    allowed = safe_globals()
     try:
-        with torch.serialization.safe_globals(safe_globals()):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - untrusted bytes: any failure is a refusal
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         why = (f"it unpickles {found.group(1)}, which is not a tensor or a type megajepa "
-               "writes" if found else f"it does not load as a tensor file ({str(e).splitlines()[0]})")
+               "writes" if found else f"it does not load as a tensor file ({first})")
         raise DataError(f"refused: {why}; {_TRUST}", file=path) from None
 
 
