@@ -137,8 +137,9 @@ class TrainConfig:
     run_dir: str = _f("runs/default", "where logs, checkpoints and the export go")
     ds_config: str = _f("auto", "DeepSpeed JSON (ZeRO stage etc.) or auto (zero1 where the model "
                                 "states fit in 70% of GPU memory, else zero2, zero3, "
-                                "zero3_offload; zero1 on CPU); the run config fills batch sizes, "
-                                "clipping and precision")
+                                "zero3_offload; on CPU zero0 for one process, measured fastest, "
+                                "zero1 for several or with on_nonfinite=skip); the run config "
+                                "fills batch sizes, clipping and precision")
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), bf16, fp32")
     log_every: int = _f(10, "steps between logged metrics")
     save_every: int = _f(100, "steps between checkpoints (a final one is always written)")

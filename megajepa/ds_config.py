@@ -23,8 +23,10 @@ activations::
     zero3_offload      optimizer state and weights in host memory (slowest)
 
 On one GPU ZeRO-2/3 partition nothing (N = 1) and only add gathers, so ``auto`` is zero1
-whenever it fits (1B and 3B on an 80 GB GPU) and zero3_offload otherwise (8B). On CPU it is
-zero1 (tests, the embedded default run).
+whenever it fits (1B and 3B on an 80 GB GPU) and zero3_offload otherwise (8B). On one CPU
+process it is zero0 (measured, docs/benchmarks.md: ZeRO-1 partitions nothing on one rank and
+its step over a flattened copy of the weights cost 1.5x ZeRO-0's at SmolLM2-135M), or zero1
+when ``train.on_nonfinite = skip`` needs a ZeRO optimizer; several CPU ranks: zero1.
 """
 from __future__ import annotations
 
@@ -55,11 +57,18 @@ def gpu_memory_bytes() -> int | None:
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
 
 
-def choose(params: int, world_size: int, gpu_memory: int | None) -> tuple[str, str]:
+def choose(params: int, world_size: int, gpu_memory: int | None, *,
+           skip_nonfinite: bool = False) -> tuple[str, str]:
     """``(ds_configs file, why)`` for ``params`` parameters on ``world_size`` GPUs with
-    ``gpu_memory`` bytes each (None: a CPU run)."""
+    ``gpu_memory`` bytes each (None: a CPU run); ``skip_nonfinite`` (train.on_nonfinite=skip)
+    needs a ZeRO optimizer (stage >= 1), which finds the non-finite gradient."""
     if gpu_memory is None:
-        return "ds_configs/zero1.json", "CPU run"
+        if world_size > 1:
+            return "ds_configs/zero1.json", f"CPU run, {world_size} ranks: optimizer state partitioned"
+        if skip_nonfinite:
+            return "ds_configs/zero1.json", "one CPU process; train.on_nonfinite=skip needs a ZeRO optimizer"
+        return "ds_configs/zero0.json", ("one CPU process: ZeRO-1 would partition nothing and its step "
+                                         "over flattened weights is slower (docs/benchmarks.md)")
     budget = STATE_BUDGET * gpu_memory
     for path, per_param in STATE_BYTES.items():
         need = per_param(world_size) * params
@@ -79,7 +88,7 @@ def auto_path(cfg: Config, world_size: int, gpu_memory: int | None = None) -> tu
     if gpu_memory is None:
         gpu_memory = gpu_memory_bytes()
     if gpu_memory is None:
-        return choose(0, world_size, None)
+        return choose(0, world_size, None, skip_nonfinite=cfg.train.on_nonfinite == "skip")
     m = cfg.model
     params = estimate_parameters(preset=None if m.init_from else m.preset, init_from=m.init_from)
     return choose(params, world_size, gpu_memory)

@@ -25,8 +25,20 @@ def test_auto_picks_the_cheapest_stage_that_fits(size, gpus, mem_gib, want):
     assert path == f"ds_configs/{want}.json", why
 
 
-def test_auto_is_zero1_on_cpu():
-    assert choose(int(SIZES["8b"]), 1, None)[0] == "ds_configs/zero1.json"
+def test_auto_on_cpu_is_zero0_for_one_process_else_zero1():
+    """One CPU process: ZeRO-0 (ZeRO-1 partitions nothing there and its flat step is slower);
+    zero1 when on_nonfinite=skip needs a ZeRO optimizer, and for several ranks."""
+    assert choose(int(SIZES["8b"]), 1, None)[0] == "ds_configs/zero0.json"
+    assert choose(int(SIZES["8b"]), 1, None, skip_nonfinite=True)[0] == "ds_configs/zero1.json"
+    assert choose(int(SIZES["8b"]), 2, None)[0] == "ds_configs/zero1.json"
+    assert choose(int(SIZES["8b"]), 1, 80 * GIB, skip_nonfinite=True)[0] == "ds_configs/zero3_offload.json"
+
+
+def test_resolve_auto_with_skip_on_one_cpu_process_is_a_zero_optimizer(monkeypatch):
+    monkeypatch.setattr(ds_config, "gpu_memory_bytes", lambda: None)
+    cfg = Config()
+    cfg.model.preset, cfg.train.on_nonfinite = "tiny", "skip"
+    assert zero_stage(resolve(cfg, 1, bf16=False, skip_nonfinite=True)) == 1
 
 
 def test_budget_boundary():
@@ -38,7 +50,8 @@ def test_budget_boundary():
 
 
 @pytest.mark.parametrize("preset,gpus,mem,stage,offload", [
-    ("tiny", 1, None, 1, False),
+    ("tiny", 1, None, 0, False),
+    ("tiny", 2, None, 1, False),
     ("llama-3.2-1b", 1, 80 * GIB, 1, False),
     ("llama-3.1-8b", 1, 80 * GIB, 3, True),
     ("llama-3.1-8b", 16, 24 * GIB, 3, False),
