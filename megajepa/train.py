@@ -381,12 +381,16 @@ def _free_port() -> int:
 
 
 def make_optimizer(cfg, params, ds_cfg, device):
+    """AdamW: DeepSpeed's CPU Adam where ZeRO offloads the optimizer state to the host,
+    else torch's fused kernel, on CUDA and on CPU alike (measured on CPU at SmolLM2-135M:
+    one step 0.17 s against 1.4 s for the single-tensor loop torch picks by default on CPU,
+    1.1 s foreach, 0.25 s DeepSpeed's CPU Adam; the same update to 6e-8; docs/benchmarks.md)."""
     o = cfg.optim
     kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     if offloads_optimizer(ds_cfg):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         return DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
-    return torch.optim.AdamW(params, fused=device.type == "cuda", **kw)
+    return torch.optim.AdamW(params, fused=device.type in ("cuda", "cpu"), **kw)
 
 
 def param_groups(model, weight_decay):
