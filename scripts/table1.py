@@ -15,10 +15,19 @@ is). The first arm is the baseline of the paired tests. Each cell runs in
     python -m megajepa.eval --model RUN/export --data TEST --task nlrx --out RUN/eval
                 [--system-in-plain when the store was built with it]
 
-and then appends to ``--results`` (JSONL, meant to be committed) one line: the tag, arm,
-seed, flags, the eval metrics (exact, startswith, semantic, n), the run's steps, examples
-and tokens, its final training losses, the last held-out collapse metrics (``eval/*``), the
-train and eval wall seconds, the device and the git commit. A cell whose
+(``--template chat`` when the config trains on the chat template) and then appends to
+``--results`` (JSONL, meant to be committed) one line: the tag, arm, seed, flags, the eval
+metrics (exact, startswith, semantic, n), the run's steps, examples and tokens, its final
+training losses, the last held-out collapse metrics (``eval/*``), the train and eval wall
+seconds, the device and the git commit.
+
+``--curve-limit N`` adds the overfitting curve (the paper's Figure 5): the cell's training
+keeps a checkpoint and runs the held-out collapse eval at the end of every epoch
+(``--train.save_every``, ``--train.eval_every`` = the steps of one epoch, planned by the
+training loader; ``--train.keep_checkpoints`` = the epochs), each earlier epoch's checkpoint
+is evaluated on the first N test pairs, the last epoch's point is the final eval's first N
+predictions, and the line gets ``curve``: per epoch the accuracies and that epoch's collapse
+metrics. ``--prune`` deletes a finished cell's ``checkpoints/`` once its line is written. A cell whose
 ``(tag, arm, seed)`` is already in ``--results`` is skipped, and an interrupted cell
 resumes (training from its latest checkpoint, ``--resume auto``), so rerunning the same
 command continues where the time ran out. ``--report`` prints the table of a tag (mean ±
@@ -34,6 +43,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -100,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=64, help="eval prompts per generate call")
     p.add_argument("--limit", type=positive_int, default=None, help="eval on the first N test pairs")
     p.add_argument("--device", default=None, help="eval device (default: cuda if available)")
+    p.add_argument("--curve-limit", type=positive_int, default=None,
+                   help="held-out accuracy after every epoch on the first N test pairs, and the "
+                        "collapse metrics at each epoch end (needs train.epochs and "
+                        "data.micro_batch_examples)")
+    p.add_argument("--prune", action="store_true",
+                   help="delete a finished cell's checkpoints/ after its line is written (the "
+                        "export stays)")
     p.add_argument("--report", action="store_true",
                    help="print the tag's table from --results; run nothing")
     p.add_argument("--report-out", default=None, help="also write the table to this file")
@@ -137,22 +154,63 @@ def _system_in_plain(store: str) -> bool:
         return bool(json.load(fh).get("source", {}).get("system_in_plain", False))
 
 
-def commands(args, flags: list, seed: int, run_dir: Path) -> tuple:
-    """``(train argv, eval argv)`` of one cell."""
+def cell_config(args, flags: list):
+    """The training config of a cell (``--config``, ``--train-flags``, the arm's flags)."""
+    from megajepa.config import load
+    return load(["--config", args.config, "--data.train", args.store,
+                 *shlex.split(args.train_flags), *flags])
+
+
+def epoch_steps(cfg, store: str) -> int:
+    """Optimizer steps of one epoch, planned by the training loader itself; the curve needs
+    every epoch the same length (an examples budget, ``data.micro_batch_examples``)."""
+    from types import SimpleNamespace
+
+    from data_tools.store import open_store
+    from data_tools.tokenizer import load_tokenizer, pred_ids
+    from megajepa.loader import budget_steps
+    from megajepa.train import make_loader
+
+    if not cfg.train.epochs or not cfg.data.micro_batch_examples:
+        raise DataError("--curve-limit needs an epoch budget (train.epochs) and an examples "
+                        "budget (data.micro_batch_examples) in the cell's config")
+    st = open_store(store)
+    tok, _ = load_tokenizer(st.tokenizer_path)
+    data = SimpleNamespace(train_store=st, pred_ids=pred_ids(tok), pad_id=tok.pad_token_id)
+    loader = make_loader(cfg, data, 0, 1)
+    one = budget_steps(loader, steps=0, epochs=1, grad_accum=cfg.optim.grad_accum)
+    if budget_steps(loader, steps=0, epochs=cfg.train.epochs, grad_accum=cfg.optim.grad_accum) \
+            != one * cfg.train.epochs:
+        raise DataError(f"--curve-limit: the epochs of {store} differ in optimizer steps "
+                        "(optim.grad_accum does not divide an epoch's micro-batches)")
+    return one
+
+
+def eval_argv(args, cfg, model: Path, out: Path, limit=None) -> list:
+    ev = [sys.executable, "-m", "megajepa.eval", "--model", str(model), "--data", args.test,
+          "--task", "nlrx", "--out", str(out), "--max-new-tokens", str(args.max_new_tokens),
+          "--batch-size", str(args.batch_size)]
+    if cfg.data.template == "chat":
+        ev += ["--template", "chat"]
+    elif _system_in_plain(args.store):
+        ev.append("--system-in-plain")
+    if limit:
+        ev += ["--limit", str(limit)]
+    if args.device:
+        ev += ["--device", args.device]
+    return ev
+
+
+def commands(args, flags: list, seed: int, run_dir: Path, cfg=None, spe: int = 0) -> tuple:
+    """``(train argv, eval argv)`` of one cell (``spe``: steps per epoch, for the curve)."""
+    cfg = cfg or cell_config(args, flags)
+    curve = (["--train.save_every", str(spe), "--train.eval_every", str(spe),
+              "--train.keep_checkpoints", str(cfg.train.epochs)] if spe else [])
     train = shlex.split(args.launcher) + [
         str(ROOT / "pretrain.py"), "--config", args.config, "--data.train", args.store,
         "--data.eval", args.test, "--seed", str(seed), "--run-dir", str(run_dir), "--resume", "auto",
-        "--train.final_eval", "false", *shlex.split(args.train_flags), *flags]
-    ev = [sys.executable, "-m", "megajepa.eval", "--model", str(run_dir / "export"), "--data",
-          args.test, "--task", "nlrx", "--out", str(run_dir / "eval"), "--max-new-tokens",
-          str(args.max_new_tokens), "--batch-size", str(args.batch_size)]
-    if _system_in_plain(args.store):
-        ev.append("--system-in-plain")
-    if args.limit:
-        ev += ["--limit", str(args.limit)]
-    if args.device:
-        ev += ["--device", args.device]
-    return train, ev
+        "--train.final_eval", "false", *curve, *shlex.split(args.train_flags), *flags]
+    return train, eval_argv(args, cfg, run_dir / "export", run_dir / "eval", args.limit)
 
 
 def _run(argv: list, log: Path) -> float:
@@ -185,11 +243,43 @@ def _commit() -> str:
     return p.stdout.strip()
 
 
+def curve_points(args, cfg, run_dir: Path, spe: int, log: Path, times: dict) -> list:
+    """Per epoch: accuracy on the first ``--curve-limit`` test pairs (earlier epochs: their
+    checkpoint, evaluated once into ``epoch<E>/``; the last: the final eval's first rows) and
+    the held-out collapse metrics logged at that epoch's last step."""
+    from megajepa.checkpoint import tag_for
+    from megajepa.eval import tasks
+
+    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    points = []
+    for e in range(1, cfg.train.epochs + 1):
+        step = e * spe
+        if e < cfg.train.epochs:
+            out = run_dir / f"epoch{e}"
+            if not (out / "metrics.json").exists():
+                print(f"[table1] curve {run_dir} epoch {e}", flush=True)
+                times["curve_s"] = times.get("curve_s", 0.0) + _run(
+                    eval_argv(args, cfg, run_dir / "checkpoints" / tag_for(step), out,
+                              args.curve_limit), log)
+                (run_dir / "times.json").write_text(json.dumps(times))
+            acc = json.loads((out / "metrics.json").read_text())
+        else:
+            acc = tasks.aggregate(_read_jsonl(run_dir / "eval" / "predictions.jsonl")[:args.curve_limit],
+                                  "nlrx")
+        held = next((r for r in rows if r.get("step") == step and "eval/paired_cos" in r), {})
+        points.append({"epoch": e, "step": step, **{m: acc[m] for m in METRICS}, "n": acc["n"],
+                       "eval_lm_loss": held.get("eval/lm_loss"),
+                       **{k: held.get(f"eval/{k}") for k in COLLAPSE}})
+    return points
+
+
 def run_cell(args, arm: str, flags: list, seed: int) -> dict:
     """Train (or resume), evaluate and describe one cell; the record appended to --results."""
     run_dir = Path(args.out) / args.tag / arm / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    train, ev = commands(args, flags, seed, run_dir)
+    cfg = cell_config(args, flags)
+    spe = epoch_steps(cfg, args.store) if args.curve_limit else 0
+    train, ev = commands(args, flags, seed, run_dir, cfg, spe)
     log = run_dir / "cell.log"
     timing = run_dir / "times.json"
     times = json.loads(timing.read_text()) if timing.exists() else {}
@@ -200,6 +290,7 @@ def run_cell(args, arm: str, flags: list, seed: int) -> dict:
     print(f"[table1] eval  {args.tag}/{arm}/seed{seed}", flush=True)
     eval_s = _run(ev, log)
     acc = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    curve = curve_points(args, cfg, run_dir, spe, log, times) if spe else None
     rows = _read_jsonl(run_dir / "metrics.jsonl")
     last, held = _last(rows, "loss"), _last(rows, "eval/paired_cos")
     record = {
@@ -213,7 +304,11 @@ def run_cell(args, arm: str, flags: list, seed: int) -> dict:
         "train_s": round(times["train_s"], 1), "eval_s": round(eval_s, 1), "device": _device(),
         "commit": _commit(), "date": datetime.date.today().isoformat(),
     }
+    if curve is not None:
+        record.update(curve=curve, curve_s=round(times.get("curve_s", 0.0), 1))
     _append(args.results, record)
+    if args.prune:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     print(f"[table1] done  {args.tag}/{arm}/seed{seed}: exact {record['exact']:.4f} "
           f"semantic {record['semantic']:.4f}", flush=True)
     return record
@@ -241,7 +336,7 @@ def report(records: list, tag: str, baseline: str | None = None) -> str:
     by = {a: {r["seed"]: r for r in rows if r["arm"] == a} for a in arms}
     head = ("| arm | seeds | exact | startswith | semantic | p exact | p startswith | p semantic "
             "| p reverse (semantic) | paired cos | shuffled cos | eff. rank code | eff. rank pred "
-            "| train h (sum) |")
+            "| train h (sum) | train min / run | eval min / run |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def p_value(arm, metric, reverse=False):
@@ -259,12 +354,50 @@ def report(records: list, tag: str, baseline: str | None = None) -> str:
         col = [_fmt([r[k] for r in cell.values() if r.get(k) is not None], 1.0, 3) for k in COLLAPSE
                if k not in ("code_code_cos", "pred_pred_cos")]
         hours = sum(r["train_s"] for r in cell.values()) / 3600
+        minutes = [_fmt([r["train_s"] / 60 for r in cell.values()], 1.0, 1),
+                   _fmt([(r["eval_s"] + r.get("curve_s", 0.0)) / 60 for r in cell.values()], 1.0, 1)]
         lines.append(f"| {a} | {len(cell)} | " + " | ".join(_fmt(vals[m]) for m in METRICS) + " | "
-                     + " | ".join(ps) + " | " + " | ".join(col) + f" | {hours:.2f} |")
+                     + " | ".join(ps) + " | " + " | ".join(col) + f" | {hours:.2f} | "
+                     + " | ".join(minutes) + " |")
     lines.append("")
     lines.append(f"Tag {tag}; baseline {base}; accuracy in % of the test pairs (mean ± sample std "
                  "over seeds); p: one-tailed paired t-test by seed (H1 arm > baseline; reverse: "
-                 "H1 baseline > arm); collapse metrics from the last training-time held-out eval.")
+                 "H1 baseline > arm); collapse metrics from the last training-time held-out eval; "
+                 "wall minutes per run (mean ± std): training (with its held-out evals and "
+                 "checkpoints), and generation evals (final, plus the curve's).")
+    curve = curve_report(rows, arms)
+    return "\n".join(lines) + "\n" + (f"\n{curve}" if curve else "")
+
+
+def curve_report(rows: list, arms: list) -> str:
+    """Markdown table of the per-epoch points (``--curve-limit``): accuracy (%) and collapse
+    metrics, mean ± sample std over the seeds that have the curve."""
+    with_curve = [r for r in rows if r.get("curve")]
+    if not with_curve:
+        return ""
+    head = ("| arm | epoch | seeds | exact | startswith | semantic | held-out LM loss | paired cos "
+            "| shuffled cos | eff. rank code | eff. rank pred |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    n = sorted({p["n"] for r in with_curve for p in r["curve"]})
+    for a in arms:
+        points = {}
+        for r in with_curve:
+            if r["arm"] == a:
+                for p in r["curve"]:
+                    points.setdefault(p["epoch"], []).append(p)
+        for e in sorted(points):
+            ps = points[e]
+
+            def col(key, scale=1.0, digits=3):
+                return _fmt([p[key] for p in ps if p.get(key) is not None], scale, digits)
+            lines.append(f"| {a} | {e} | {len(ps)} | " + " | ".join(col(m, 100.0, 2) for m in METRICS)
+                         + " | " + " | ".join(col(k) for k in ("eval_lm_loss", "paired_cos",
+                                                               "shuffled_cos", "eff_rank_code",
+                                                               "eff_rank_pred")) + " |")
+    lines.append("")
+    lines.append(f"After each epoch: accuracy in % of the first {'/'.join(map(str, n))} test pairs; "
+                 "held-out LM loss and collapse metrics from the training-time held-out eval "
+                 "at that epoch's last step (mean ± sample std over seeds).")
     return "\n".join(lines) + "\n"
 
 
@@ -316,14 +449,17 @@ def check_inputs(args) -> None:
     names = [a for a, _ in args.arm]
     if len(set(names)) != len(names):
         raise DataError(f"--arm names repeat: {names}")
+    if args.curve_limit and args.limit and args.limit < args.curve_limit:
+        raise DataError(f"--curve-limit {args.curve_limit} is more than --limit {args.limit}: the "
+                        "last epoch's point is read from the final eval")
     _read_jsonl(args.results)  # a corrupt results file is bad input, found now
-    from megajepa.config import load
     try:  # every arm's full flag set loads (unknown flags, bad values) before anything runs
-        for _, flags in args.arm:
-            load(["--config", args.config, "--data.train", args.store,
-                  *shlex.split(args.train_flags), *flags])
+        cfgs = [cell_config(args, flags) for _, flags in args.arm]
     except (ValueError, SystemExit) as e:
         raise DataError(f"arm flags do not load: {e}") from None
+    if args.curve_limit:
+        for cfg in cfgs:
+            epoch_steps(cfg, args.store)
 
 
 def main(argv=None) -> int:

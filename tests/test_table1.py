@@ -74,6 +74,38 @@ def test_cells_append_skip_and_resume(store, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+def test_curve_after_every_epoch(store, tmp_path):
+    """--curve-limit: a checkpoint and a held-out collapse eval at each epoch end, the earlier
+    epochs' checkpoints evaluated, the last point from the final eval; --prune."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(CONFIG.replace("epochs: 1", "epochs: 2").replace(", eval_every: 6", ""))
+    results, out = tmp_path / "runs.jsonl", tmp_path / "out"
+    test = os.path.join(os.path.dirname(store), "test.jsonl")
+    p = table1("--config", str(cfg), "--store", store, "--test", test, "--seeds", "0", "--tag", "c",
+               "--out", str(out), "--results", str(results), "--limit", "6", "--curve-limit", "4",
+               "--max-new-tokens", "8", "--device", "cpu", "--prune", "--arm", "a=")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    (r,) = lines(results)
+    run_dir = out / "c" / "a" / "seed0"
+    assert [(c["epoch"], c["step"], c["n"]) for c in r["curve"]] == [(1, 6, 4), (2, 12, 4)]
+    first = json.loads((run_dir / "epoch1" / "metrics.json").read_text())
+    assert first["model"].endswith("step_00000006") and first["n"] == 4
+    assert all(r["curve"][0][m] == first[m] for m in ("exact", "startswith", "semantic"))
+    preds = lines(run_dir / "eval" / "predictions.jsonl")[:4]
+    for m in ("exact", "startswith", "semantic"):
+        assert r["curve"][1][m] == sum(x[m] for x in preds) / 4
+    held = {x["step"]: x for x in metrics(run_dir) if "eval/paired_cos" in x}
+    assert sorted(held) == [6, 12]
+    for c in r["curve"]:
+        assert c["paired_cos"] == held[c["step"]]["eval/paired_cos"]
+        assert c["eff_rank_code"] == held[c["step"]]["eval/eff_rank_code"]
+    assert r["curve_s"] > 0 and not (run_dir / "checkpoints").exists()
+    assert (run_dir / "export" / "config.json").exists()
+    p = table1("--report", "--tag", "c", "--results", str(results))
+    assert p.returncode == 0 and "| a | 1 | 1 |" in p.stdout and "| a | 2 | 1 |" in p.stdout, p.stdout
+
+
 def test_bad_input_is_one_line_and_writes_nothing(store, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(CONFIG)
@@ -84,7 +116,11 @@ def test_bad_input_is_one_line_and_writes_nothing(store, tmp_path):
     for args, message in ((["--store", str(tmp_path / "nope"), "--arm", "a="], "nope: does not exist"),
                           (["--store", store], "at least one --arm"),
                           (["--store", store, "--arm", "a=--jepa.sigreg -1"], "jepa.sigreg"),
-                          (["--store", store, "--arm", "a=", "--arm", "a=--lambda 0"], "repeat")):
+                          (["--store", store, "--arm", "a=", "--arm", "a=--lambda 0"], "repeat"),
+                          (["--store", store, "--arm", "a=", "--curve-limit", "5", "--limit", "3"],
+                           "more than --limit"),
+                          (["--store", store, "--arm", "a=--data.micro_batch_examples 0",
+                            "--curve-limit", "5"], "examples budget")):
         p = table1(*common, *args)
         assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
         assert p.stderr.count("\n") == 1 or "pretrain.py: error" in p.stderr, p.stderr
