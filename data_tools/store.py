@@ -30,6 +30,7 @@ import tempfile
 import numpy as np
 
 from .errors import DataError
+from .example import Example
 
 FORMAT_VERSION = 1
 ARRAYS = ("tokens.npy", "view_offsets.npy", "example_offsets.npy")
@@ -86,9 +87,7 @@ class Store:
         return [self.tokens[offs[j]:offs[j + 1]].tolist() for j in range(b - a)]
 
     def example(self, i: int, *, jepa: bool = True):
-        """Example ``i`` as a :class:`megajepa.layout.Example`."""
-        from megajepa.layout import Example
-
+        """Example ``i`` as a :class:`data_tools.example.Example`."""
         return Example(self.kind, self.views(i), jepa=jepa)
 
     def verify(self) -> None:
