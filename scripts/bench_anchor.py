@@ -26,6 +26,16 @@ The GPU machine has no internet: ``bash scripts/gpu_prepare_anchor.sh`` puts the
 finetune.py, the data and the wheels of their pinned stack (transformers 4.55, peft 0.17)
 under the git-ignored ``third_party/``; ``bash scripts/gpu_bench.sh anchor`` runs this.
 
+``--model <HF folder>`` fine-tunes a real model instead (their finetune.py without
+``--pretrain``, loading it in bf16 as their code does; ours ``--init-from``, a store made with
+its tokenizer and chat template, ``data.micro_batch_examples`` = their batch x accumulation,
+one epoch). SmolLM2-135M-Instruct on the CPU, 200 pairs, one thread, both in bf16
+(docs/benchmarks.md, "CPU: the authors' code beside ours"):
+    OMP_NUM_THREADS=1 python scripts/bench_anchor.py --cpu-check --model models/smollm2-135m-instruct \
+        --anchor-site <site> --out runs/anchor_smollm2 --examples 200 --batch-size 8 --grad-accum 1 \
+        --max-length 96 --seq-len 256 --k 1 --lbd 1 --lr 1e-4 --last-token -2 --log-every 5 \
+        --timeout 3000 --extra "--train.precision bf16 --train.ds_config ds_configs/zero0.json"
+
 CPU check (tiny model, their code through scripts/gpu_anchor_launch.py --cpu-check; their
 packages installed with pip install --target <site> third_party/wheels/*.whl, plus httpx on a
 machine without it):
@@ -61,8 +71,9 @@ def authors_flags(finetune_py: str) -> set[str]:
 
 
 def authors_argv(a, variant: str, train: str, hf: str, out_dir: str) -> list[str]:
-    argv = ["--train_file", train, "--model_name", hf, "--output_dir", out_dir, "--pretrain",
-            "--predictors", str(a.k), "--lbd", str(a.lbd), "--last_token", "-1",
+    argv = ["--train_file", train, "--model_name", hf, "--output_dir", out_dir,
+            *([] if a.model else ["--pretrain"]),
+            "--predictors", str(a.k), "--lbd", str(a.lbd), "--last_token", str(a.last_token),
             "--num_epochs", "1", "--batch_size", str(a.batch_size), "--grad_accum", str(a.grad_accum),
             "--max_length", str(a.max_length), "--learning_rate", str(a.lr),
             "--finetune_seed", "0", "--eval_steps", str(a.log_every)]
@@ -70,9 +81,13 @@ def authors_argv(a, variant: str, train: str, hf: str, out_dir: str) -> list[str
 
 
 def ours_argv(a, store: str, run_dir: str, rows: int, steps: int) -> list[str]:
-    return ["--preset", a.preset, "--data.train", store, "--data.template", "chat",
-            "--data.seq_len", str(a.seq_len), "--data.micro_batch_rows", str(rows),
-            "--steps", str(steps), "--k", str(a.k), "--lambda", str(a.lbd), "--lr", str(a.lr),
+    if a.model:  # fine-tuning: the same examples per step as theirs, one epoch
+        batch = ["--init-from", a.model, "--data.micro_batch_examples",
+                 str(a.batch_size * a.grad_accum), "--train.epochs", "1"]
+    else:
+        batch = ["--preset", a.preset, "--data.micro_batch_rows", str(rows), "--steps", str(steps)]
+    return [*batch, "--data.train", store, "--data.template", "chat",
+            "--data.seq_len", str(a.seq_len), "--k", str(a.k), "--lambda", str(a.lbd), "--lr", str(a.lr),
             "--optim.warmup_steps", "0", "--train.log_every", str(a.log_every),
             "--train.save_every", str(10 * steps), "--train.export", "false",
             "--train.final_eval", "false", "--run-dir", run_dir, *a.extra.split()]
@@ -125,6 +140,9 @@ def our_batch(a, store: str) -> tuple[int, int, float]:
         return PackedLoader(st, seq_len=a.seq_len, micro_batch_rows=rows, k=a.k,
                             pred_ids=pred_ids(tok), pad_id=tok.pad_token_id, seed=0)
 
+    if a.model:  # an examples budget: exactly their examples per step
+        per = a.batch_size * a.grad_accum
+        return 0, len(st) // per, float(per)
     rows_total = plan(1).steps_per_epoch
     want = a.batch_size * a.grad_accum
     rows = max(1, round(rows_total * want / len(st)))
@@ -199,6 +217,13 @@ def build_parser():
     p.add_argument("--variants", default="three,additive,ours")
     p.add_argument("--examples", type=int, default=0, help="first N records (0: all)")
     p.add_argument("--preset", default="llama-3.2-1b")
+    p.add_argument("--model", default=None,
+                   help="a Hugging Face folder to fine-tune instead of a random --preset model: "
+                        "their finetune.py without --pretrain, ours --init-from, the same "
+                        "examples per step (data.micro_batch_examples)")
+    p.add_argument("--last-token", type=int, default=-1,
+                   help="theirs: --last_token (-2 reads SmolLM2's <|im_end|>; its template "
+                        "ends a turn with <|im_end|> and a newline)")
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--lbd", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=8e-5)
@@ -224,7 +249,11 @@ def main(argv=None) -> int:
     out = Path(a.out).resolve()
     if a.cpu_check:
         a.preset = "tiny"
+    if a.model:
+        a.model = os.path.abspath(a.model)
     try:
+        if a.model and not os.path.isfile(os.path.join(a.model, "config.json")):
+            raise ValueError(f"--model {a.model}: no config.json (a Hugging Face model folder)")
         if not variants or set(variants) - set(VARIANTS):
             raise ValueError(f"--variants {a.variants!r}: a subset of {','.join(VARIANTS)}")
         if not os.path.isfile(a.data):
@@ -250,20 +279,23 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     train = str(out / "train.jsonl")
     n = subset(a.data, train, a.examples)
-    hf, store = str(out / "hf"), str(out / "store")
-    make_tiny_hf().main(["--data", train, "--out", hf, "--k-pred", "8", "--vocab-size", str(a.vocab_size),
-             "--config-only"] + ([] if a.preset == "tiny" else ["--preset", a.preset]))
+    hf, store = a.model or str(out / "hf"), str(out / "store")
+    if not a.model:
+        make_tiny_hf().main(["--data", train, "--out", hf, "--k-pred", "8", "--vocab-size",
+                             str(a.vocab_size), "--config-only"]
+                            + ([] if a.preset == "tiny" else ["--preset", a.preset]))
     from data_tools.preprocess import preprocess
 
     preprocess([train], store, tokenizer=hf, template="chat", overwrite=True, progress=False)
     rows, steps, per_step = our_batch(a, store)
     env_theirs = dict(os.environ, PYTHONPATH=a.anchor_site, PYTHONUNBUFFERED="1",
-                      TOKENIZERS_PARALLELISM="false")
+                      TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env_ours = dict(os.environ, PYTHONUNBUFFERED="1")
     results = []
     for v in variants:
         print(f"== {v}", flush=True)
         log = str(out / f"{v}.log")
+        load_before = os.getloadavg()[0]
         if v == "ours":
             run_dir = str(out / "ours")
             info = run([sys.executable, str(ROOT / "pretrain.py"),
@@ -278,9 +310,11 @@ def main(argv=None) -> int:
             info.update(parse_authors(log), examples_per_step=a.batch_size * a.grad_accum,
                         max_length=a.max_length)
             shutil.rmtree(their_out, ignore_errors=True)  # ~12 GB of checkpoint at 1B
-        results.append(dict(variant=v, examples=n, **info))
+        results.append(dict(variant=v, examples=n, load_1min=[load_before, os.getloadavg()[0]], **info))
         print(json.dumps(results[-1]), flush=True)
-    rep = dict(device=device_name(), date=time.strftime("%Y-%m-%d"), preset=a.preset,
+    rep = dict(device=device_name(), date=time.strftime("%Y-%m-%d"),
+               model=os.path.basename(a.model) if a.model else None, preset=None if a.model else a.preset,
+               threads=os.environ.get("OMP_NUM_THREADS"), cores=os.cpu_count(),
                examples=n, k=a.k, lbd=a.lbd, runs=results,
                command="python scripts/bench_anchor.py " + " ".join(argv or sys.argv[1:]))
     stem = out / "anchor"
@@ -294,7 +328,13 @@ def main(argv=None) -> int:
 def device_name() -> str:
     import torch
 
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    try:  # the CPU's model name, as lscpu prints it
+        with open("/proc/cpuinfo") as fh:
+            return "CPU: " + next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return "CPU"
 
 
 if __name__ == "__main__":

@@ -134,6 +134,25 @@ ANCHOR_SITE = os.environ.get("MEGAJEPA_ANCHOR_SITE")
 AUTHORS = ROOT / "third_party" / "llm-jepa" / "finetune.py"
 
 
+def test_dry_run_fine_tunes_a_model_folder(tmp_path, capsys):
+    """--model: theirs without --pretrain, ours --init-from with their examples per step."""
+    src = _fake_finetune(tmp_path / "finetune.py", FLAGS)
+    data = _chat_jsonl(tmp_path / "train.jsonl", 5)
+    model = tmp_path / "model"
+    model.mkdir()
+    base = ["--out", str(tmp_path / "o"), "--authors", src, "--data", data, "--dry-run",
+            "--model", str(model), "--batch-size", "4", "--grad-accum", "2", "--last-token", "-2"]
+    assert ba.main(base) == 2                                 # no config.json
+    assert "no config.json" in capsys.readouterr().err
+    (model / "config.json").write_text("{}")
+    assert ba.main(base) == 0
+    theirs, ours = capsys.readouterr().out.strip().splitlines()
+    assert "--pretrain" not in theirs and "--model_name <hf>" in theirs
+    assert "--last_token -2 --num_epochs 1 --batch_size 4 --grad_accum 2" in theirs
+    assert f"--init-from {model} --data.micro_batch_examples 8 --train.epochs 1" in ours
+    assert "--preset" not in ours
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (ANCHOR_SITE and AUTHORS.exists()),
                     reason="needs scripts/gpu_prepare_anchor.sh and MEGAJEPA_ANCHOR_SITE (their "
