@@ -36,6 +36,7 @@ import numpy as np
 import torch.distributed as dist
 
 from data_tools.errors import DataError
+from data_tools.records import read_records
 from data_tools.tokenizer import load_tokenizer
 from megajepa import pretrained
 
@@ -281,7 +282,6 @@ def prepare(cfg, run_dir: str, *, rank: int) -> RunData:
     if eval_jsonl:
         if not os.path.exists(eval_jsonl):
             raise FileNotFoundError(f"data.eval {eval_jsonl}: no such file")
-        from megajepa.eval.run import read_records
         eval_records = read_records(eval_jsonl, limit=cfg.train.eval_limit)
         eval_store = open_store(_tokenize_eval(eval_jsonl, tok_dir, run_dir, d.template, rank,
                                                system_in_plain))

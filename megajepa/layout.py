@@ -67,7 +67,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from data_tools.example import KINDS, Example  # noqa: F401 - the packer's input, defined with the data
+from data_tools.example import Example  # noqa: F401 - the packer's input, defined with the data
 
 TEXT, ANSWER, PRED = 0, 1, 2
 IGNORE_INDEX = -100
