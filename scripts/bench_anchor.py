@@ -113,6 +113,29 @@ def make_tiny_hf():
     return mod
 
 
+def their_model_folder(src: str, dst: str) -> str:
+    """``src`` (a folder transformers 5 wrote) as their pinned transformers 4.55 reads it: the
+    weights linked, the tokenizer config without 5.x's ``TokenizersBackend`` class and with the
+    chat template inside, RoPE also under 4.x's keys (``rope_theta``)."""
+    tiny = make_tiny_hf()
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(dst)
+    for name in os.listdir(src):
+        if name in ("config.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+        else:
+            os.symlink(os.path.abspath(os.path.join(src, name)), os.path.join(dst, name))
+    tiny._portable_tokenizer_config(dst)
+    template = os.path.join(src, "chat_template.jinja")
+    if os.path.isfile(template):
+        path = os.path.join(dst, "tokenizer_config.json")
+        cfg = json.loads(Path(path).read_text())
+        cfg.setdefault("chat_template", Path(template).read_text())
+        Path(path).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    tiny._legacy_rope_keys(os.path.join(dst, "config.json"))
+    return dst
+
+
 def subset(src: str, dst: str, n: int) -> int:
     """The first ``n`` non-empty records of ``src`` (all when n = 0) into ``dst``."""
     kept = 0
@@ -284,6 +307,7 @@ def main(argv=None) -> int:
         make_tiny_hf().main(["--data", train, "--out", hf, "--k-pred", "8", "--vocab-size",
                              str(a.vocab_size), "--config-only"]
                             + ([] if a.preset == "tiny" else ["--preset", a.preset]))
+    their_hf = their_model_folder(hf, str(out / "hf_4x")) if a.model else hf
     from data_tools.preprocess import preprocess
 
     preprocess([train], store, tokenizer=hf, template="chat", overwrite=True, progress=False)
@@ -305,7 +329,7 @@ def main(argv=None) -> int:
             shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
         else:
             their_out = str(out / f"{v}_output")
-            cmd = launch + authors_argv(a, v, train, hf, their_out)
+            cmd = launch + authors_argv(a, v, train, their_hf, their_out)
             info = run(cmd, log, env_theirs, a.timeout)
             info.update(parse_authors(log), examples_per_step=a.batch_size * a.grad_accum,
                         max_length=a.max_length)

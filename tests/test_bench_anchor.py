@@ -153,6 +153,25 @@ def test_dry_run_fine_tunes_a_model_folder(tmp_path, capsys):
     assert "--preset" not in ours
 
 
+def test_their_model_folder_is_read_by_transformers_4(tmp_path):
+    """A folder transformers 5 wrote, rewritten in the form their pinned 4.55 reads."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "llama", "rope_parameters":
+                                                 {"rope_theta": 100000.0, "rope_type": "default"}}))
+    (src / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "TokenizersBackend",
+                                                           "eos_token": "<|im_end|>"}))
+    (src / "chat_template.jinja").write_text("{{ messages }}")
+    (src / "model.safetensors").write_bytes(b"weights")
+    ba.their_model_folder(str(src), str(dst))
+    cfg = json.loads((dst / "config.json").read_text())
+    tok = json.loads((dst / "tokenizer_config.json").read_text())
+    assert cfg["rope_theta"] == 100000.0 and "rope_scaling" not in cfg
+    assert tok["tokenizer_class"] == "PreTrainedTokenizerFast" and tok["chat_template"] == "{{ messages }}"
+    assert (dst / "model.safetensors").is_symlink() and (dst / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((src / "tokenizer_config.json").read_text())["tokenizer_class"] == "TokenizersBackend"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (ANCHOR_SITE and AUTHORS.exists()),
                     reason="needs scripts/gpu_prepare_anchor.sh and MEGAJEPA_ANCHOR_SITE (their "
