@@ -81,7 +81,7 @@ def _skeleton(cfg, vocab_size: int, run_dir: str):
     if cfg.model.init_from:  # a folder, a hub name or a GGUF file (its run's conversion)
         config = config_of(cfg.model.init_from, run_dir)
         config.vocab_size = vocab_size
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = None  # the family's default: sdpa, or eager (Gemma-2)
         return AutoModelForCausalLM.from_config(config)
     from transformers import LlamaForCausalLM
     return LlamaForCausalLM(llama_config(cfg.model.preset, vocab_size, attn_implementation="sdpa"))

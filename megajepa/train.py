@@ -72,7 +72,13 @@ class JepaModule(nn.Module):
         self.stp_predictor = stp_predictor  # STP's linear predictor: checkpointed, not exported
         self.sigreg_head = sigreg_head      # SIGReg's projection (jepa.sigreg_head): likewise
         self.seed = seed
-        for p in lm.get_output_embeddings().parameters():  # the weight, and a bias if any
+        self.register_head()
+
+    def register_head(self):
+        """Under ZeRO-3, have DeepSpeed gather the LM head's weight (and bias) for this module's
+        forward. Called again once the engine exists: a head transformers resized after
+        ``zero.Init`` is partitioned only by ``deepspeed.initialize``."""
+        for p in self.lm.get_output_embeddings().parameters():
             if hasattr(p, "ds_id"):
                 import deepspeed
                 deepspeed.zero.register_external_parameter(self, p)
@@ -312,12 +318,18 @@ def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int, model_di
 
     attn = attention(cfg, device)
     init_ctx = deepspeed.zero.Init(config_dict_or_path=ds_cfg) if zero_stage(ds_cfg) == 3 else None
+    # ZeRO-3 from a checkpoint: while this lives, transformers partitions the model as it loads
+    # it and gathers what it resizes (an outer zero.Init would init weights it cannot index)
+    hf_zero3 = _hf_zero3(ds_cfg) if init_ctx is not None and cfg.model.init_from else None
+    if hf_zero3 is not None:
+        init_ctx = None
     model = build_model(preset=None if model_dir else cfg.model.preset,
                         vocab_size=len(tokenizer), init_from=model_dir, seed=cfg.train.seed,
                         attn_implementation=attn, init_context=init_ctx)
     if model_dir:
         resize_for_tokenizer(model, tokenizer)
     objective.check_lm_head(model)  # the loss head computes the model's own logits, or one line why not
+    del hf_zero3
     optimize(model, cfg.model, device, zero_stage=zero_stage(ds_cfg))  # compile, liger, checkpointing
     module = JepaModule(model, cfg.jepa, stp_predictor=_stp_predictor(cfg, model),
                         sigreg_head=_sigreg_head(cfg, model), seed=cfg.train.seed)
@@ -325,7 +337,14 @@ def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int, model_di
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.for_config(cfg, total_steps))
     engine, _, _, scheduler = deepspeed.initialize(
         model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    module.register_head()
     return engine, scheduler
+
+
+def _hf_zero3(ds_cfg: dict):
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_cfg)
 
 
 def _stp_predictor(cfg, model):
