@@ -62,6 +62,8 @@ mask per distinct window, as a ``{layer type: mask}`` dict for models that mask 
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from megajepa.layout import ANSWER, PAD_DOC, PRED, TEXT
@@ -250,6 +252,9 @@ def attention_mask_for(model, doc_ids: torch.Tensor, roles: torch.Tensor,
         raise ValueError(
             f"attention implementation {impl!r} is not supported by megajepa's packed masks; "
             "use attn_implementation='sdpa', 'flex_attention' or 'eager'")
+    if "position_ids" not in inspect.signature(model.base_model.forward).parameters:
+        raise ValueError(f"{type(model).__name__}: its forward takes no position_ids (positions from "
+                         "the row index, or ALiBi), so packed documents cannot restart their positions")
     windows = layer_windows(model.config)
     if any(w is not None for w in windows.values()) and positions is None:
         raise ValueError("a sliding-window model needs position_ids to build its packed masks")

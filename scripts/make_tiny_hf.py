@@ -4,6 +4,13 @@ checkpoint, so scripts/finetune_hf.sh runs on a CPU with no network.
     python scripts/make_tiny_hf.py --data path/to/nlrx_synth_train.jsonl --out /tmp/tiny_hf
     python scripts/make_tiny_hf.py --data path/to/nlrx_synth_train.jsonl --out /tmp/hf_1b \
         --preset llama-3.2-1b --k-pred 8 --config-only
+    python scripts/make_tiny_hf.py --data path/to/nlrx_synth_train.jsonl --out /tmp/tiny_gemma2 \
+        --family gemma2
+
+``--family`` makes the same tiny shape in another architecture ``transformers`` ships
+(:data:`FAMILIES`: Qwen2/3, Mistral, Gemma-2/3, OLMo-2, Phi-3, Cohere, Granite, ...), with the
+family's own defaults (Gemma ties its embeddings and soft-caps its logits) and sliding
+windows of ``--window`` tokens, shorter than the documents, so a packed run exercises them.
 
 The tokenizer is a SentencePiece BPE trained by data_tools on the chat records' text (each
 message as ``role: content``, as the chat template set here renders it); by default it has
@@ -28,6 +35,72 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+# family -> (config class, causal-LM class, settings beyond the shape). Windows and layer
+# types are filled in by family_config; everything else is the family's default.
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"use_sliding_window": True, "max_window_layers": 1}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"use_sliding_window": True, "max_window_layers": 1}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {}),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}),
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM", {}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "phi": ("PhiConfig", "PhiForCausalLM", {}),
+    "cohere": ("CohereConfig", "CohereForCausalLM", {}),
+    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM", {}),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {"logits_scaling": 8.0}),
+}
+WINDOWED = {"qwen2", "qwen3", "mistral", "gemma2", "gemma3", "olmo3", "phi3", "cohere2"}
+PER_LAYER_TYPE = {"gemma2", "gemma3", "olmo3", "cohere2"}  # local/global layers, alternating
+
+
+def family_config(family: str, *, vocab_size: int, hidden: int = 64, layers: int = 2,
+                  window: int = 16, intermediate: int | None = None, **settings):
+    """A tiny ``transformers`` config of ``family`` (:data:`FAMILIES`): 4 heads (2 for keys and
+    values), a window of ``window`` tokens where the family has one (local and global layers
+    alternating where it has both), ``settings`` on top."""
+    import transformers
+
+    config_cls, _, extra = FAMILIES[family]
+    shape = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                 intermediate_size=intermediate or 4 * hidden, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=2048)
+    if family in ("qwen3", "gemma2", "gemma3"):  # their default head_dim is not hidden / heads
+        shape["head_dim"] = hidden // 4
+    if family in WINDOWED:
+        shape["sliding_window"] = window
+    if family in PER_LAYER_TYPE:
+        shape["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention"
+                                for i in range(layers)]
+    return getattr(transformers, config_cls)(**{**shape, **extra, **settings})
+
+
+def family_model(config, family: str, seed: int = 0, **kw):
+    """A seeded random model of ``config`` (``kw``: e.g. ``attn_implementation``)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    return getattr(transformers, FAMILIES[family][1])._from_config(config, **kw)
+
+
+def save_family(out: str, family: str, tok, *, hidden: int = 64, layers: int = 2,
+                window: int = 16, seed: int = 0):
+    """A tiny random ``family`` model with tokenizer ``tok`` (its special ids in the config)
+    saved to ``out`` as a Hugging Face folder; returns the model."""
+    tok.save_pretrained(out)
+    _portable_tokenizer_config(out)
+    config = family_config(family, vocab_size=len(tok), hidden=hidden, layers=layers, window=window,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                           pad_token_id=tok.pad_token_id)
+    model = family_model(config, family, seed)
+    model.save_pretrained(out, safe_serialization=True)
+    _legacy_rope_keys(os.path.join(out, "config.json"))
+    return model
 
 
 def chat_texts(path: str, limit: int) -> list[str]:
@@ -81,6 +154,11 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--preset", default=None,
                    help="a megajepa model shape (e.g. llama-3.2-1b) instead of --hidden/--layers")
+    p.add_argument("--family", default=None, choices=sorted(FAMILIES),
+                   help="another architecture at the --hidden/--layers shape (default: Llama, "
+                        "untied embeddings)")
+    p.add_argument("--window", type=int, default=16,
+                   help="sliding window (tokens) of a --family that has one")
     p.add_argument("--config-only", action="store_true",
                    help="write config.json and the tokenizer, no weights (random init elsewhere)")
     p.add_argument("--seed", type=int, default=0)
@@ -90,6 +168,8 @@ def main(argv=None) -> int:
 
     if a.preset is not None and a.preset not in PRESETS:
         p.error(f"--preset {a.preset!r}: choose one of {sorted(PRESETS)}")
+    if a.preset and a.family:
+        p.error("--preset and --family: choose one (a preset is a Llama shape)")
     if not os.path.isfile(a.data):
         p.error(f"--data {a.data}: no such file")
 
@@ -102,6 +182,12 @@ def main(argv=None) -> int:
                               k=a.k_pred)
     os.remove(os.path.join(a.out, "spm.model"))  # an HF folder: tokenizer.json is the tokenizer
     tok.chat_template = CHAT_TEMPLATE
+    if a.family and not a.config_only:
+        model = save_family(a.out, a.family, tok, hidden=a.hidden, layers=a.layers, window=a.window,
+                            seed=a.seed)
+        n = sum(p.numel() for p in model.parameters())
+        print(f"tiny HF model ({a.family}): {n / 1e6:.2f}M parameters, vocabulary {len(tok)} -> {a.out}")
+        return 0
     tok.save_pretrained(a.out)
     _portable_tokenizer_config(a.out)
 
@@ -111,6 +197,9 @@ def main(argv=None) -> int:
         from megajepa.model import llama_config
 
         config = llama_config(a.preset, len(tok), **ids)
+    elif a.family:
+        config = family_config(a.family, vocab_size=len(tok), hidden=a.hidden, layers=a.layers,
+                               window=a.window, **ids)
     else:
         config = LlamaConfig(
             vocab_size=len(tok), hidden_size=a.hidden, intermediate_size=4 * a.hidden,
@@ -121,8 +210,8 @@ def main(argv=None) -> int:
         _legacy_rope_keys(os.path.join(a.out, "config.json"))
         from megajepa.model import llama_parameters
 
-        print(f"HF config ({a.preset or 'custom'}, {llama_parameters(config) / 1e6:.1f}M parameters, "
-              f"no weights), vocabulary {len(tok)} -> {a.out}")
+        print(f"HF config ({a.preset or a.family or 'custom'}, {llama_parameters(config) / 1e6:.1f}M "
+              f"parameters, no weights), vocabulary {len(tok)} -> {a.out}")
         return 0
     torch.manual_seed(a.seed)
     model = LlamaForCausalLM(config)

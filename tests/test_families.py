@@ -16,7 +16,12 @@ same comparison misses. docs/training.md's family table lists what this file che
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -26,30 +31,28 @@ import transformers
 from megajepa import forward, masking, objective, pack
 from megajepa.layout import PAD_DOC, PRED, TEXT
 
-from conftest import PAD, PRED_IDS, random_examples
+from conftest import DEEPSPEED, PAD, PRED_IDS, ROOT, load_script, random_examples
 from test_objective import distance64, hand_lm_sequences, hand_reads, in_order_rows
 
-WINDOW = 4           # shorter than most documents (views of 2..9 tokens, plus predictors)
-TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+WINDOW = 4  # shorter than most documents (views of 2..9 tokens, plus predictors)
 ALL = ("sdpa", "eager", "flex_attention")
+tiny_hf = load_script("make_tiny_hf")  # the family configs: one source for tests and users
 
 
 @dataclass(frozen=True)
 class Family:
-    name: str
-    config: str                   # transformers config class
-    model: str                    # transformers causal-LM class
-    extra: dict = field(default_factory=dict)
+    name: str                     # a key of make_tiny_hf.FAMILIES
     backends: tuple = ALL
-    windowed: bool = False        # some layer has a window shorter than the documents
     head_scale: float = 1.0       # scale the LM head so that a soft cap or a logit scale matters
 
+    @property
+    def windowed(self) -> bool:   # some layer has a window shorter than the documents
+        return self.name in tiny_hf.WINDOWED
+
     def build(self, attn: str, seed: int = 0):
-        cfg = getattr(transformers, self.config)(**TINY, **self.extra)
-        torch.manual_seed(seed)
-        model = getattr(transformers, self.model)._from_config(cfg, attn_implementation=attn)
+        cfg = tiny_hf.family_config(self.name, vocab_size=128, window=WINDOW, intermediate=128,
+                                    pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+        model = tiny_hf.family_model(cfg, self.name, seed, attn_implementation=attn)
         head = model.get_output_embeddings()
         with torch.no_grad():
             head.weight.mul_(self.head_scale)
@@ -59,32 +62,20 @@ class Family:
 
 
 FAMILIES = [
-    Family("llama", "LlamaConfig", "LlamaForCausalLM"),
-    Family("qwen2", "Qwen2Config", "Qwen2ForCausalLM",  # layer 0 full, layer 1 sliding; qkv biases
-           dict(use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1), windowed=True),
-    Family("qwen3", "Qwen3Config", "Qwen3ForCausalLM",
-           dict(head_dim=16, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1),
-           windowed=True),
-    Family("mistral", "MistralConfig", "MistralForCausalLM", dict(sliding_window=WINDOW), windowed=True),
-    Family("gemma2", "Gemma2Config", "Gemma2ForCausalLM",  # local/global layers, both soft caps
-           dict(head_dim=16, sliding_window=WINDOW, final_logit_softcapping=30.0,
-                attn_logit_softcapping=50.0), backends=("eager", "flex_attention"), windowed=True,
-           head_scale=300.0),
-    Family("gemma3", "Gemma3TextConfig", "Gemma3ForCausalLM",
-           dict(head_dim=16, sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
-           windowed=True),
-    Family("olmo2", "Olmo2Config", "Olmo2ForCausalLM"),
-    Family("phi3", "Phi3Config", "Phi3ForCausalLM", dict(sliding_window=WINDOW), windowed=True),
-    Family("cohere", "CohereConfig", "CohereForCausalLM", dict(logit_scale=0.25), head_scale=100.0),
-    Family("granite", "GraniteConfig", "GraniteForCausalLM", dict(logits_scaling=8.0), head_scale=100.0),
+    Family("llama"),
+    Family("qwen2"),                      # layer 0 full, layer 1 sliding; q/k/v biases
+    Family("qwen3"),
+    Family("mistral"),                    # one window for every layer
+    Family("gemma2", backends=("eager", "flex_attention"), head_scale=300.0),  # both soft caps
+    Family("gemma3"),
+    Family("olmo2"),
+    Family("phi3"),                       # fused qkv, one window for every layer
+    Family("cohere", head_scale=100.0),   # logit_scale 0.0625
+    Family("granite", head_scale=100.0),  # logits_scaling 8
     # beyond the list: a window with a logit scale, a biased LM head, OLMo-3's windows
-    Family("cohere2", "Cohere2Config", "Cohere2ForCausalLM",
-           dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"],
-                logit_scale=0.25), windowed=True, head_scale=100.0),
-    Family("phi", "PhiConfig", "PhiForCausalLM"),
-    Family("olmo3", "Olmo3Config", "Olmo3ForCausalLM",
-           dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
-           windowed=True),
+    Family("cohere2", head_scale=100.0),
+    Family("phi"),
+    Family("olmo3"),
 ]
 FAST = [(f, b) for f in FAMILIES for b in f.backends if b != "flex_attention"]
 FLEX = [f for f in FAMILIES if "flex_attention" in f.backends]
@@ -197,6 +188,8 @@ def test_check_lm_head_refuses_a_transform_it_does_not_read():
 def test_layer_windows_are_read_from_the_config():
     """Which layers have which window, from the config; what has no packed mask is refused."""
     t = transformers
+    TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2)
     assert masking.layer_windows(t.LlamaConfig(**TINY)) == {None: None}
     assert masking.layer_windows(t.MistralConfig(**TINY, sliding_window=4)) == {None: 4}
     assert masking.layer_windows(t.Qwen2Config(**TINY, sliding_window=4)) == {None: None}  # off
@@ -211,6 +204,15 @@ def test_layer_windows_are_read_from_the_config():
                      (t.Qwen3NextConfig(**TINY), "layer type 'linear_attention'")):
         with pytest.raises(ValueError, match=why):
             masking.layer_windows(cfg)
+
+
+def test_a_model_without_position_ids_is_refused():
+    """Bloom (ALiBi from the row index) cannot restart positions per document: one line."""
+    model = transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=128, hidden_size=32,
+                                                                   n_layer=1, n_head=4))
+    b = batch_for(random_examples(4, seed=1))
+    with pytest.raises(ValueError, match="^BloomForCausalLM: its forward takes no position_ids"):
+        forward(model, b)
 
 
 def test_sdpa_is_refused_where_the_family_has_none():
@@ -259,3 +261,104 @@ def test_compiled_flex_attention_with_windows_and_soft_caps():
     """The compiled FlexAttention kernel transformers runs, on the family that combines
     per-layer masks, windows and both soft caps (~25 s on CPU: one compile)."""
     check_flex(next(f for f in FAMILIES if f.name == "gemma2"), random_examples(6, seed=5))
+
+
+# --- pretrain.py --init-from each family: train, resume, export -----------------------------
+
+ZERO3_FAMILIES = ("gemma2", "qwen2", "phi3")  # tied + soft caps + windows; biases; fused qkv
+SINGLE_FAMILIES = tuple(f for f in tiny_hf.FAMILIES if f not in ZERO3_FAMILIES)
+RUN_FLAGS = ["--data.template", "chat", "--steps", "3", "--train.log_every", "1",
+             "--train.export", "false", "--train.final_eval", "false", "--data.seq_len", "128",
+             "--data.micro_batch_rows", "2", "--optim.warmup_steps", "1", "--k", "2", "--lbd", "1.0"]
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """A tiny checkpoint of every family in make_tiny_hf.FAMILIES, all with one tokenizer
+    (data_tools' SentencePiece, no <pred_i>), and one chat store made with it."""
+    from transformers import AutoTokenizer
+
+    from data_tools import nlrx
+    from data_tools.preprocess import preprocess
+
+    d = tmp_path_factory.mktemp("families")
+    data = d / "train.jsonl"
+    with open(data, "w") as fh:
+        for r in nlrx.generate_pairs(64, seed=1, split="train"):
+            fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
+    assert tiny_hf.main(["--data", str(data), "--out", str(d / "llama"), "--vocab-size", "200",
+                         "--family", "llama"]) == 0
+    tok = AutoTokenizer.from_pretrained(d / "llama")
+    for f in tiny_hf.FAMILIES:
+        if f != "llama":
+            tiny_hf.save_family(str(d / f), f, tok)
+    preprocess([str(data)], str(d / "store"), tokenizer=str(d / "llama"), template="chat",
+               progress=False)
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_families(args, launcher=(sys.executable,)):
+    p = subprocess.run([*launcher, os.path.join("tests", "family_run.py"), *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+def losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        return [(m["step"], m["loss"], m["lm_loss"]) for m in map(json.loads, fh) if "loss" in m]
+
+
+def generates(export_dir, family):
+    """Plain transformers opens the export, keeps the family's settings, and generates."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(export_dir)
+    tok = AutoTokenizer.from_pretrained(export_dir)
+    assert hf.config.model_type == tiny_hf.family_config(family, vocab_size=8).model_type
+    assert "<pred_2>" in tok.get_vocab() and hf.config.vocab_size >= len(tok)
+    if hf.config.tie_word_embeddings:
+        assert hf.get_output_embeddings().weight is hf.get_input_embeddings().weight
+    ids = tok.apply_chat_template([{"role": "user", "content": "lines with the word dog"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = hf.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_zero3_two_ranks_train_resume_export(family_dirs, tmp_path):
+    """Two ranks under ZeRO-3 (gloo), eager attention: each family trains, stops at step 2,
+    resumes to the same curve as an uninterrupted run, and exports its trained weights."""
+    out = tmp_path / "runs"
+    stdout = run_families(
+        [str(out), *(str(family_dirs / f) for f in ZERO3_FAMILIES), "--",
+         "--data.train", str(family_dirs / "store"), "--ds-config", "ds_configs/zero3.json",
+         "--model.attn", "eager", *RUN_FLAGS],
+        launcher=(*DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port())))
+    for f in ZERO3_FAMILIES:
+        assert f"FAMILY_OK {f}" in stdout
+        straight, resumed = losses(out / f / "straight"), losses(out / f / "resumed")
+        assert [s for s, *_ in resumed] == [1, 2, 3]
+        for a, b in zip(straight, resumed):
+            assert a == pytest.approx(b, rel=1e-5), (f, straight, resumed)
+        generates(out / f / "resumed" / "export", f)
+
+
+@pytest.mark.slow
+def test_single_process_train_export_every_other_family(family_dirs, tmp_path):
+    """One process, the default DeepSpeed config and attention: every other family trains
+    and exports its trained weights, which plain transformers generates from."""
+    out = tmp_path / "runs"
+    stdout = run_families(["--no-resume", str(out), *(str(family_dirs / f) for f in SINGLE_FAMILIES),
+                           "--", "--data.train", str(family_dirs / "store"), *RUN_FLAGS])
+    for f in SINGLE_FAMILIES:
+        assert f"FAMILY_OK {f}" in stdout
+        assert len(losses(out / f / "straight")) == 3
+        generates(out / f / "straight" / "export", f)
