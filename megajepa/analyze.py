@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from megajepa.cli import HelpFormatter, add_template_args, must_exist, output_dir, positive_int
+from megajepa.collapse import diagnostics
 
 __all__ = ["last_token_states", "encode_pairs", "diagnostics", "tsne_points",
            "plot_singular_values", "plot_tsne", "log_diagnostics", "analyze", "main"]
@@ -100,29 +101,6 @@ def encode_pairs(model, tokenizer, records, *, template: str = "plain", batch_si
 
 
 # ----------------------------------------------------------------- diagnostics
-def diagnostics(text: np.ndarray, code: np.ndarray, top_k: int = 100) -> dict:
-    """The appendix's numbers for paired embeddings ``text``, ``code`` of shape ``[N, D]``."""
-    t = np.asarray(text, dtype=np.float64)
-    c = np.asarray(code, dtype=np.float64)
-    if t.ndim != 2 or t.shape != c.shape:
-        raise ValueError(f"need two [N, D] arrays of one shape, got {t.shape} and {c.shape}")
-    x, *_ = np.linalg.lstsq(t, c, rcond=None)
-    resid = t @ x - c
-    frob = float(np.linalg.norm(resid))
-    sv = np.linalg.svd(t - c, compute_uv=False)
-    norms = np.linalg.norm(t, axis=1) * np.linalg.norm(c, axis=1)
-    cos = np.sum(t * c, axis=1) / np.where(norms > 0, norms, 1.0)
-    code_norm = float(np.linalg.norm(c))
-    return {
-        "n": int(t.shape[0]), "dim": int(t.shape[1]),
-        "lstsq_residual": frob,
-        "lstsq_residual_relative": frob / code_norm if code_norm > 0 else float("nan"),
-        "lstsq_residual_spectral": float(np.linalg.norm(resid, 2)) if resid.size else 0.0,
-        "singular_values": [float(s) for s in sv[:top_k]],
-        "cosine_mean": float(cos.mean()),
-    }
-
-
 def tsne_points(text: np.ndarray, code: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D t-SNE of both clouds together: rows ``[:N]`` are text, ``[N:]`` code.
 

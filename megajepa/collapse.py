@@ -1,5 +1,6 @@
 """Is the JEPA term collapsed? Metrics of the read-outs of held-out pairs, computed by the
-training process (every ``train.eval_every``) and by ``scripts/collapse_check.py``.
+training process (every ``train.eval_every``), by ``scripts/collapse_check.py`` and by
+``python -m megajepa.analyze``.
 
 :func:`jepa_readouts` lays the examples out exactly as training does (``layout.pack`` with
 the run's ``k``, ``read_at`` and ``reverse``) and returns the rows the JEPA loss compares,
@@ -17,11 +18,18 @@ the run's ``k``, ``read_at`` and ``reverse``) and returns the rows the JEPA loss
 A collapse onto one vector gives ``paired = shuffled = code_code = pred_pred = 1`` and both
 effective ranks 1; read-outs spread over D directions give ``shuffled`` near 0 and ranks up
 to ``min(N, D)``. Rows are not centred: a large shared component counts as one direction.
+
+:func:`diagnostics` gives the paper appendix's numbers for ``Enc(Text)`` / ``Enc(Code)``
+(least-squares residual, singular values of the difference, mean cosine; see
+:mod:`megajepa.analyze`, the command over it).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from megajepa.layout import example_cost, layout_example, pack, plan_rows, readable
+from megajepa.objective import hidden_states
 
 METRICS = ("paired_cos", "shuffled_cos", "code_code_cos", "pred_pred_cos", "eff_rank_code",
            "eff_rank_pred")
@@ -75,8 +83,6 @@ def batch_readouts(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     rows of the final-norm hidden states that the JEPA loss compares. The training process
     calls it on each rank's held-out micro-batches (the same number of forwards on every
     rank, as ZeRO-3 needs) and gathers the rows for :func:`collapse_metrics`."""
-    from megajepa.objective import hidden_states
-
     batch = batch.to(next(model.parameters()).device)
     h = hidden_states(model, batch.input_ids, batch.position_ids, batch.doc_ids, batch.roles)
     flat = h.reshape(-1, h.shape[-1]).float()
@@ -92,8 +98,6 @@ def jepa_readouts(model, examples, *, k: int, pred_ids, pad_id: int, seq_len: in
     the training layout and attention mask (one process; see :func:`batch_readouts` for
     data-parallel use). Raises ``ValueError`` for an example longer than ``seq_len`` or one
     that ``read_at`` cannot read."""
-    from megajepa.layout import example_cost, layout_example, pack, plan_rows, readable
-
     kw = dict(k=k, reverse=reverse, jepa_pairs=jepa_pairs, read_at=read_at)
     examples = list(examples)
     costs = [example_cost(ex, **kw) for ex in examples]
@@ -121,3 +125,25 @@ def jepa_readouts(model, examples, *, k: int, pred_ids, pad_id: int, seq_len: in
     order = np.argsort(np.asarray(owner, dtype=np.int64), kind="stable")
     return pred[order], target[order]
 
+
+def diagnostics(text: np.ndarray, code: np.ndarray, top_k: int = 100) -> dict:
+    """The appendix's numbers for paired embeddings ``text``, ``code`` of shape ``[N, D]``."""
+    t = np.asarray(text, dtype=np.float64)
+    c = np.asarray(code, dtype=np.float64)
+    if t.ndim != 2 or t.shape != c.shape:
+        raise ValueError(f"need two [N, D] arrays of one shape, got {t.shape} and {c.shape}")
+    x, *_ = np.linalg.lstsq(t, c, rcond=None)
+    resid = t @ x - c
+    frob = float(np.linalg.norm(resid))
+    sv = np.linalg.svd(t - c, compute_uv=False)
+    norms = np.linalg.norm(t, axis=1) * np.linalg.norm(c, axis=1)
+    cos = np.sum(t * c, axis=1) / np.where(norms > 0, norms, 1.0)
+    code_norm = float(np.linalg.norm(c))
+    return {
+        "n": int(t.shape[0]), "dim": int(t.shape[1]),
+        "lstsq_residual": frob,
+        "lstsq_residual_relative": frob / code_norm if code_norm > 0 else float("nan"),
+        "lstsq_residual_spectral": float(np.linalg.norm(resid, 2)) if resid.size else 0.0,
+        "singular_values": [float(s) for s in sv[:top_k]],
+        "cosine_mean": float(cos.mean()),
+    }

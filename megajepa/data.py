@@ -55,6 +55,7 @@ class RunData:
     description: str = ""         # one line for the console: what the run trains on
     system_in_plain: bool = False  # the store's plain prompts carry the system prompt (held-out evals too)
     model_dir: str | None = None   # model.init_from as a local folder (None: random init)
+    eval_loader: object = None     # megajepa.heldout's loader of eval_store, built at the first eval
 
 
 def is_store(path: str) -> bool:

@@ -6,8 +6,9 @@ diagnostics (every ``train.eval_every`` steps), and the final generation eval.
   global label-token / pair counts; the collapse metrics of the JEPA read-outs of the same
   batches, laid out as training reads them (``jepa.k``, ``jepa.read_at``;
   :func:`megajepa.collapse.collapse_metrics`: paired and shuffled cosine, effective ranks);
-  and ``Enc(Text)`` / ``Enc(Code)`` diagnostics (:func:`megajepa.analyze.diagnostics`), on
-  rank 0.
+  and ``Enc(Text)`` / ``Enc(Code)`` diagnostics (:func:`megajepa.collapse.diagnostics`), on
+  rank 0. The eval loader is built at the first eval and rewound at each later one, so every
+  eval sees the same batches.
 * :func:`final_eval` (rank 0): greedy generation with the exported Hugging Face model on the
   held-out chat records, written to ``<run_dir>/final_eval.json``.
 """
@@ -20,7 +21,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megajepa import stp
+from megajepa.collapse import METRICS, batch_readouts, collapse_metrics, diagnostics
+from megajepa.config import stp_spec
+from megajepa.console import say
 from megajepa.data import RunData
+from megajepa.eval import evaluate
+from megajepa.eval.run import load_model
+from megajepa.layout import pack
+from megajepa.loader import PackedLoader
+from megajepa.objective import hidden_states, jepa_count
 
 
 @torch.no_grad()
@@ -28,20 +38,8 @@ def held_out_metrics(engine, cfg, data: RunData, rank: int, world: int, device,
                      max_batches: int = 4) -> dict:
     """``{"scalars": {eval/lm_loss, eval/jepa_loss, eval/<collapse metric>...},
     "diagnostics": ...}`` (collective)."""
-    from megajepa.collapse import batch_readouts
-    from megajepa.layout import pack
-    from megajepa.loader import PackedLoader
-    from megajepa import stp
-    from megajepa.config import stp_spec
-    from megajepa.objective import hidden_states, jepa_count
-
     j = cfg.jepa
-    loader = PackedLoader(data.eval_store, seq_len=cfg.data.seq_len,
-                          micro_batch_rows=cfg.data.micro_batch_rows, k=j.k,
-                          pred_ids=data.pred_ids, pad_id=data.pad_id, seed=0, rank=rank,
-                          world_size=world, jepa_ratio=1.0 if j.objective == "views" else 0.0,
-                          jepa_pairs=j.jepa_pairs, reverse=j.reverse, read_at=j.read_at,
-                          lm_on_all=cfg.data.lm_on_all, overflow=cfg.data.overflow)
+    loader = _eval_loader(cfg, data, rank, world)
     n = min(max_batches, loader.steps_per_epoch)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # lm sum, labels, jepa sum, pairs
     text, code, preds, targets = [], [], [], []
@@ -77,7 +75,6 @@ def held_out_metrics(engine, cfg, data: RunData, rank: int, world: int, device,
         gathered = [None] * world
         dist.all_gather_object(gathered, (t.cpu().numpy(), c.cpu().numpy()))
         if rank == 0:
-            from megajepa.analyze import diagnostics
             t = np.concatenate([g[0] for g in gathered])
             c = np.concatenate([g[1] for g in gathered])
             if len(t) >= 2:
@@ -85,11 +82,24 @@ def held_out_metrics(engine, cfg, data: RunData, rank: int, world: int, device,
     return out
 
 
+def _eval_loader(cfg, data: RunData, rank: int, world: int) -> PackedLoader:
+    """The held-out loader: built at the first eval (``data.eval_loader``), rewound to the
+    start at every eval (seed 0: the same batches each time)."""
+    if data.eval_loader is None:
+        j = cfg.jepa
+        data.eval_loader = PackedLoader(
+            data.eval_store, seq_len=cfg.data.seq_len, micro_batch_rows=cfg.data.micro_batch_rows,
+            k=j.k, pred_ids=data.pred_ids, pad_id=data.pad_id, seed=0, rank=rank, world_size=world,
+            jepa_ratio=1.0 if j.objective == "views" else 0.0, jepa_pairs=j.jepa_pairs,
+            reverse=j.reverse, read_at=j.read_at, lm_on_all=cfg.data.lm_on_all,
+            overflow=cfg.data.overflow)
+    data.eval_loader.load_state_dict(dict(data.eval_loader.state_dict(), epoch=0, cursor=0))
+    return data.eval_loader
+
+
 def _collapse(pred, target, rank: int, world: int) -> dict:
     """``eval/<metric>`` of :func:`megajepa.collapse.collapse_metrics` over every rank's
     read-outs (collective; rank 0 returns them, at least 2 pairs needed)."""
-    from megajepa.collapse import METRICS, collapse_metrics
-
     gathered = [None] * world
     dist.all_gather_object(gathered, (pred.cpu().numpy(), target.cpu().numpy()))
     if rank != 0:
@@ -104,9 +114,6 @@ def _collapse(pred, target, rank: int, world: int) -> dict:
 
 def final_eval(cfg, export_dir: str, data: RunData, run_dir: str) -> dict:
     """Greedy generation on the held-out pairs with the exported model (rank 0)."""
-    from megajepa.eval import evaluate
-    from megajepa.eval.run import load_model
-
     model, tok = load_model(export_dir)
     task = cfg.train.eval_task
     metrics = evaluate(model, tok, data.eval_records, task, template=cfg.data.template,
@@ -115,6 +122,5 @@ def final_eval(cfg, export_dir: str, data: RunData, run_dir: str) -> dict:
     with open(os.path.join(run_dir, "final_eval.json"), "w") as fh:
         json.dump(metrics, fh, indent=2)
     shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-    from megajepa.console import say
     say(f"final held-out eval ({metrics.get('n')} pairs, {task}): {shown}")
     return metrics
