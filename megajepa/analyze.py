@@ -32,9 +32,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
+from data_tools.errors import run_cli
+from data_tools.records import as_record, read_records
+from data_tools.templates import pair_views
 from megajepa.cli import HelpFormatter, add_template_args, must_exist, output_dir, positive_int
 from megajepa.collapse import diagnostics
+from megajepa.eval.run import load_model
 
 __all__ = ["last_token_states", "encode_pairs", "diagnostics", "tsne_points",
            "plot_singular_values", "plot_tsne", "log_diagnostics", "analyze", "main"]
@@ -55,8 +60,6 @@ def last_token_states(model, seqs: Sequence[Sequence[int]], batch_size: int = 32
     Sequences are right-padded into batches; with causal attention the real tokens never
     see the padding, and each row is read at its own last real position.
     """
-    import torch
-
     if any(len(s) == 0 for s in seqs):
         raise ValueError("empty sequence")
     base = _base_model(model)
@@ -87,9 +90,6 @@ def last_token_states(model, seqs: Sequence[Sequence[int]], batch_size: int = 32
 def encode_pairs(model, tokenizer, records, *, template: str = "plain", batch_size: int = 32,
                  system_in_plain: bool = False):
     """``(Enc(Text), Enc(Code))`` for chat records, views from ``data_tools.templates``."""
-    from data_tools.templates import pair_views
-    from megajepa.eval.run import as_record
-
     texts, codes = [], []
     for r in map(as_record, records):
         t, c = pair_views(tokenizer, r["user"], r["assistant"], system=r.get("system"),
@@ -218,8 +218,6 @@ def main(argv=None) -> dict:
     must_exist(args.data, "--data", kind="file")
     must_exist(args.model, "--model")
     output_dir(args.out)
-    from megajepa.eval.run import load_model, read_records
-
     records = read_records(args.data, args.limit)
     start = time.time()
     model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
@@ -234,5 +232,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from data_tools.errors import run_cli
     sys.exit(run_cli(main))

@@ -35,10 +35,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch.distributed as dist
 
+from data_tools import nlrx
+from data_tools.build import build_store
 from data_tools.errors import DataError
+from data_tools.hub import is_repo_id
+from data_tools.preprocess import preprocess
 from data_tools.records import read_records
-from data_tools.tokenizer import load_tokenizer
+from data_tools.store import open_store
+from data_tools.tokenizer import load_tokenizer, pred_ids, train_sentencepiece
 from megajepa import pretrained
+from megajepa.loader import vector_costs
+from megajepa.stp import store_tube_lengths
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +80,6 @@ def train_store_path(cfg, run_dir: str) -> str:
 
 def check_paths(cfg) -> None:
     """Every path the config names exists and has the right shape (no writes, no collectives)."""
-    from data_tools.hub import is_repo_id
-
     d, m, t = cfg.data, cfg.model, cfg.train
     if d.train:
         if not os.path.exists(d.train):
@@ -107,9 +112,6 @@ def _embedded(cfg, run_dir: str, rank: int, tokenizer: str | None) -> tuple[str,
     """Generate + tokenize the embedded dataset once (rank 0), with ``tokenizer`` or one
     trained on it; return (store, eval_jsonl or None when ``data.embedded_eval`` is 0).
     Rebuilt when its options change."""
-    from data_tools import nlrx
-    from data_tools.preprocess import preprocess
-    from data_tools.tokenizer import train_sentencepiece
 
     d = cfg.data
     root = os.path.join(run_dir, "embedded")
@@ -171,7 +173,6 @@ def _on_rank0(fn, rank: int, what: str):
 def _build(cfg, run_dir: str, rank: int, tokenizer: str | None) -> tuple[str, str]:
     """Raw records in ``data.train`` -> ``<run_dir>/data/store`` with ``tokenizer`` (None:
     one trained on them), on rank 0; every rank learns the store, or the same error."""
-    from data_tools.build import build_store
 
     d = cfg.data
     return _on_rank0(lambda: build_store(
@@ -199,7 +200,6 @@ def _tokenize_eval(eval_jsonl: str, tokenizer_dir: str, run_dir: str, template: 
     """``data.eval`` tokenized into ``<run_dir>/eval_store`` (rank 0), reused while what it was
     built from is the same (``eval_store.json``: the file's path, size and mtime, the
     tokenizer's files, the template); rebuilt, with one line, when any of it changed."""
-    from data_tools.preprocess import preprocess
 
     out = os.path.join(run_dir, EVAL_STORE)
     key_file = os.path.join(run_dir, EVAL_SOURCE)
@@ -244,8 +244,6 @@ def folder_digest(folder: str) -> str:
 
 
 def prepare(cfg, run_dir: str, *, rank: int) -> RunData:
-    from data_tools.store import open_store
-    from data_tools.tokenizer import pred_ids
 
     d = cfg.data
     model = model_dir(cfg, run_dir, rank)
@@ -308,7 +306,6 @@ def check_vocabulary(store, store_tokenizer, reference: str, label: str) -> None
 
 def check_compatible(cfg, data: RunData) -> None:
     """Config vs data, before any training: predictor tokens, row length, vocabulary."""
-    from megajepa.loader import vector_costs
 
     j, d = cfg.jepa, cfg.data
     if j.k > len(data.pred_ids):
@@ -327,7 +324,6 @@ def check_compatible(cfg, data: RunData) -> None:
             f"data.seq_len={d.seq_len} is below the shortest example ({shortest} tokens packed "
             f"with k={j.k}); raise data.seq_len to at least {shortest}")
     if j.objective == "stp":
-        from megajepa.stp import store_tube_lengths
         tubes = store_tube_lengths(store.kind, store.view_lengths, store.example_offsets)
         if not (tubes >= 2).any():
             raise ValueError(f"jepa.objective=stp: every document of {store.path} is shorter than 3 "

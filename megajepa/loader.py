@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from data_tools.store import open_store
 from megajepa.layout import (PackedBatch, _check_read_at, example_cost, layout_cost, pack, plan_rows,
                              truncate_to_fit)
 from megajepa.metrics import attended_pairs
@@ -140,8 +141,6 @@ class PackedLoader:
                  reverse: bool = False, lm_on_all: bool = False, overflow: str = "drop", window: int = 1024,
                  read_at: str = "end", micro_batch_examples: int = 0, fixed_rows: bool = False):
         if isinstance(store, str):
-            from data_tools.store import open_store
-
             store = open_store(store)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")

@@ -76,6 +76,7 @@ def main(argv=None) -> dict:
         if not args.db_dir:
             raise DataError("--task sql needs --db-dir (the folder of SQLite databases)")
         must_exist(args.db_dir, "--db-dir", kind="dir")
+    # here, not at the top: --help and the input checks answer before torch/transformers load
     from megajepa.eval.run import load_model, predict, read_records
 
     records = read_records(args.data, args.limit)

@@ -11,13 +11,21 @@ generation is greedy (:mod:`megajepa.eval.generate`), so results are determinist
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from data_tools.errors import DataError
 from data_tools.records import as_record, read_records  # noqa: F401 - part of this module's API
+from data_tools.templates import prompt_ids
+from megajepa.checkpoint import resolve_checkpoint
 from megajepa.eval import tasks
 from megajepa.eval.generate import generate_ids
+from megajepa.export import export
 
 __all__ = ["evaluate", "predict", "score_record", "read_records", "as_record", "load_model",
            "NotAModelDirectory"]
@@ -54,8 +62,6 @@ def predict(model, tokenizer, records: Iterable, task: str, *, template: str = "
             batch_size: int = 64, max_new_tokens: int = 128, db_dir=None,
             sql_timeout_s: float = 5.0, system_in_plain: bool = False) -> list:
     """Generate for every record and score it; one row per record, in order."""
-    from data_tools.templates import prompt_ids
-
     if task not in tasks.TASKS:
         raise ValueError(f"unknown task {task!r} (one of {', '.join(tasks.TASKS)})")
     recs = [as_record(r) for r in records]
@@ -93,8 +99,6 @@ def load_model(path, *, device: Optional[str] = None, dtype: str = "auto"):
     run's ``export/`` folder is used if present, else the latest complete checkpoint is
     exported to a temporary folder with :func:`megajepa.export.export` and loaded.
     """
-    import torch
-
     folder = Path(path)
     if not folder.exists():
         raise NotAModelDirectory(f"model {folder}: does not exist")
@@ -105,8 +109,6 @@ def load_model(path, *, device: Optional[str] = None, dtype: str = "auto"):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
@@ -116,18 +118,12 @@ def load_model(path, *, device: Optional[str] = None, dtype: str = "auto"):
 
 def _load_checkpoint(folder: Path, *, device, dtype):
     """Export a training checkpoint to a temporary HF folder, load it, delete the folder."""
-    import shutil
-    import tempfile
-
     try:
-        from megajepa.checkpoint import resolve_checkpoint
         resolve_checkpoint(str(folder))
-    except (ImportError, FileNotFoundError, OSError):
+    except (FileNotFoundError, OSError):
         raise NotAModelDirectory(
             f"not a Hugging Face model directory: {folder} (no config.json, no complete "
             f"checkpoint); export it with python -m megajepa.export") from None
-    from megajepa.export import export
-
     tmp = tempfile.mkdtemp(prefix="megajepa-eval-")
     try:
         print(f"exporting checkpoint {folder} for evaluation", flush=True)
