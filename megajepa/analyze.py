@@ -29,7 +29,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,8 @@ from data_tools.errors import run_cli
 from data_tools.records import as_record, read_records
 from data_tools.templates import pair_views
 from megajepa.cli import HelpFormatter, add_template_args, must_exist, output_dir, positive_int
-from megajepa.collapse import diagnostics
+from megajepa.collapse import (diagnostics, log_diagnostics, plot_singular_values, plot_tsne,  # noqa: F401
+                               tsne_points)
 from megajepa.eval.run import load_model
 
 __all__ = ["last_token_states", "encode_pairs", "diagnostics", "tsne_points",
@@ -98,72 +99,6 @@ def encode_pairs(model, tokenizer, records, *, template: str = "plain", batch_si
         codes.append(c)
     return (last_token_states(model, texts, batch_size),
             last_token_states(model, codes, batch_size))
-
-
-# ----------------------------------------------------------------- diagnostics
-def tsne_points(text: np.ndarray, code: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE of both clouds together: rows ``[:N]`` are text, ``[N:]`` code.
-
-    Runs single-threaded: on a busy shared CPU, OpenMP threads spinning made it ~30x
-    slower (2,000 points take ~9 s on one core).
-    """
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
-    both = np.concatenate([text, code]).astype(np.float64)
-    perplexity = float(min(30.0, max(2.0, (len(both) - 1) / 3)))
-    with threadpool_limits(limits=1):
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                    ).fit_transform(both)
-
-
-def _figure():
-    from matplotlib.figure import Figure
-    return Figure(figsize=(5, 4), dpi=100)
-
-
-def plot_tsne(points: np.ndarray, path: Optional[str] = None, title: str = "t-SNE"):
-    fig = _figure()
-    ax = fig.add_subplot()
-    n = len(points) // 2
-    ax.scatter(points[:n, 0], points[:n, 1], s=6, alpha=0.6, label="Enc(Text)")
-    ax.scatter(points[n:, 0], points[n:, 1], s=6, alpha=0.6, label="Enc(Code)")
-    ax.set_title(title)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    if path:
-        fig.savefig(path)
-    return fig
-
-
-def plot_singular_values(sv: Sequence[float], path: Optional[str] = None):
-    fig = _figure()
-    ax = fig.add_subplot()
-    ax.semilogy(np.arange(1, len(sv) + 1), np.maximum(np.asarray(sv), 1e-12), marker=".")
-    ax.set_xlabel("index")
-    ax.set_ylabel("singular value of Enc(Text) - Enc(Code)")
-    fig.tight_layout()
-    if path:
-        fig.savefig(path)
-    return fig
-
-
-def log_diagnostics(writer, step: int, diag: dict, tsne: Optional[np.ndarray] = None,
-                    prefix: str = "diagnostics") -> None:
-    """Write ``diag`` (from :func:`diagnostics`) to a TensorBoard ``SummaryWriter``:
-    scalars, the singular-value curve as a histogram and a figure, and the t-SNE figure."""
-    for key in ("lstsq_residual", "lstsq_residual_relative", "lstsq_residual_spectral",
-                "cosine_mean"):
-        writer.add_scalar(f"{prefix}/{key}", diag[key], step)
-    sv = np.asarray(diag["singular_values"])
-    if sv.size:
-        writer.add_scalar(f"{prefix}/singular_value_top1", float(sv[0]), step)
-        writer.add_scalar(f"{prefix}/singular_value_share_top10",
-                          float(sv[:10].sum() / max(sv.sum(), 1e-30)), step)
-        writer.add_histogram(f"{prefix}/singular_values", sv, step)
-        writer.add_figure(f"{prefix}/singular_values", plot_singular_values(sv), step)
-    if tsne is not None:
-        writer.add_figure(f"{prefix}/tsne", plot_tsne(tsne, title=f"step {step}"), step)
 
 
 # ------------------------------------------------------------------------- CLI

@@ -46,7 +46,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from megajepa import checkpoint, config as config_mod, console, objective, schedule, stp
+from megajepa.collapse import log_diagnostics
 from megajepa.ds_config import offloads_optimizer, resolve as resolve_ds, zero_stage
+from megajepa.heldout import held_out_metrics
 from megajepa.layout import to_device
 from megajepa.loader import budget_steps
 from megajepa.metrics import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
@@ -609,13 +611,10 @@ def check_finite(run: Run, step: int, flags: dict, metrics: dict) -> None:
 
 def held_out_eval(run: Run, step: int) -> None:
     """Held-out losses and representation diagnostics, logged at ``step`` (collective)."""
-    from megajepa.heldout import held_out_metrics
-
     held = held_out_metrics(run.engine, run.cfg, run.data, run.rank, run.world, run.device)
     if run.is_main:
         run.logger.log(step, held["scalars"])
         if run.logger.writer is not None and held.get("diagnostics"):
-            from megajepa.analyze import log_diagnostics
             log_diagnostics(run.logger.writer, step, held["diagnostics"])
 
 
