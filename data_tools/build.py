@@ -7,7 +7,7 @@
       store/       the store (with its own tokenizer/ copy, as every store)
       build.json   inputs (path, size, mtime) and options it was built from
 
-:func:`build_store` takes chat / group / text JSONL, plain text or ``--hf``-style datasets,
+:func:`build_store` takes chat / group / text JSONL or plain text files,
 trains a tokenizer when none is given (through the same readers, so bad input is
 ``error: <file>:<line>: <what>`` before any training), preprocesses into ``store/`` and
 returns ``(store_path, description)``: one line saying what it did.  Called again with the
@@ -28,9 +28,8 @@ BUILD_FILE = "build.json"
 
 
 def build_store(inputs, out_dir: str, *, tokenizer: str | None = None, vocab_size: int = 8000, k: int = 8,
-                fmt: str = "auto", field: str | None = None, template: str = "plain",
-                max_doc_tokens: int | None = None, on_bad: str = "error", hf: bool = False,
-                hf_split: str = "train", hf_config: str | None = None) -> tuple[str, str]:
+                field: str | None = None, template: str = "plain", max_doc_tokens: int | None = None,
+                on_bad: str = "error") -> tuple[str, str]:
     """Build (or reuse) ``out_dir/store`` from ``inputs``; return ``(store_path, description)``.
 
     ``max_doc_tokens`` (e.g. the run's ``seq_len``) splits long plain-text documents and is
@@ -39,31 +38,28 @@ def build_store(inputs, out_dir: str, *, tokenizer: str | None = None, vocab_siz
     inputs = [str(i) for i in inputs]
     if not inputs:
         raise DataError("no inputs given")
-    if not hf:
-        for path in inputs:
-            if not os.path.exists(path):
-                raise DataError("no such file", file=path)
+    for path in inputs:
+        if not os.path.exists(path):
+            raise DataError("no such file", file=path)
     store = os.path.join(out_dir, "store")
-    if max_doc_tokens and _first_kind(inputs[0], fmt=fmt, field=field, hf=hf, hf_split=hf_split,
-                                      hf_config=hf_config) != "lm":
+    if max_doc_tokens and _first_kind(inputs[0], field=field) != "lm":
         max_doc_tokens = None
     options = dict(tokenizer=tokenizer, vocab_size=vocab_size if tokenizer is None else None,
-                   k=k if tokenizer is None else None, fmt=fmt, field=field, template=template,
-                   max_doc_tokens=max_doc_tokens, on_bad=on_bad, hf=hf, hf_split=hf_split, hf_config=hf_config)
-    wanted = dict(inputs=[_fingerprint(p, hf) for p in inputs], options=options)
-    if _built(out_dir) == wanted and os.path.isfile(os.path.join(store, "manifest.json")):
+                   k=k if tokenizer is None else None, field=field, template=template,
+                   max_doc_tokens=max_doc_tokens, on_bad=on_bad)
+    wanted = dict(inputs=[_fingerprint(p) for p in inputs], options=options)
+    if read_json(os.path.join(out_dir, BUILD_FILE)) == wanted and os.path.isfile(os.path.join(store, "manifest.json")):
         return store, f"reusing the store {store} (built from {', '.join(inputs)})"
     made_dir = not os.path.exists(out_dir)
     tok_note, trained = f"tokenizer {tokenizer}", None
     try:
         if tokenizer is None:
             tokenizer = trained = os.path.join(out_dir, "tokenizer")
-            t = _tt.train(inputs, tokenizer, vocab_size=vocab_size, k=k, fmt=fmt, field=field, hf=hf,
-                          hf_split=hf_split, hf_config=hf_config, on_bad=on_bad, overwrite=True, progress=False)
+            t = _tt.train(inputs, tokenizer, vocab_size=vocab_size, k=k, field=field, on_bad=on_bad,
+                          overwrite=True, progress=False)
             tok_note = f"a new {t['vocab']}-token SentencePiece tokenizer trained on it ({tokenizer})"
-        s = _pre.preprocess(inputs, store, tokenizer=tokenizer, fmt=fmt, field=field, hf=hf, hf_split=hf_split,
-                            hf_config=hf_config, template=template, max_doc_tokens=max_doc_tokens, on_bad=on_bad,
-                            overwrite=True, progress=False)
+        s = _pre.preprocess(inputs, store, tokenizer=tokenizer, field=field, template=template,
+                            max_doc_tokens=max_doc_tokens, on_bad=on_bad, overwrite=True, progress=False)
         _write_json(os.path.join(out_dir, BUILD_FILE), wanted)
     except BaseException:  # leave nothing half-built behind
         if trained:
@@ -84,16 +80,15 @@ def _first_kind(source, **kw):
     return None
 
 
-def _fingerprint(path: str, hf: bool) -> list:
-    if hf and not os.path.exists(path):
-        return [path]
+def _fingerprint(path: str) -> list:
     st = os.stat(path)
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
 
-def _built(out_dir: str):
+def read_json(path: str):
+    """The JSON object in ``path``, or None when it is missing or unreadable (a key file)."""
     try:
-        with open(os.path.join(out_dir, BUILD_FILE)) as f:
+        with open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None

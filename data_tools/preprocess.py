@@ -124,7 +124,7 @@ def preprocess(inputs, out, *, tokenizer, fmt="auto", field=None, hf=False, hf_s
                    max_doc_tokens=max_doc_tokens, on_bad=on_bad)
     tok, added = load_tokenizer(tokenizer, k=k)
     dropped: collections.Counter = collections.Counter()
-    skip = (lambda e: dropped.update([e.what.split(":")[0]])) if on_bad == "skip" else None
+    skip = readers.skip_counter(on_bad, dropped)
     streams, kinds = [], set()
     for src in inputs:
         streams.append(readers.read_records(src, fmt=fmt, field=field, hf=hf, hf_split=hf_split,
@@ -161,9 +161,7 @@ def preprocess(inputs, out, *, tokenizer, fmt="auto", field=None, hf=False, hf_s
         for res in results:
             for views in res:
                 if isinstance(views, DataError):
-                    if skip is None:
-                        raise views
-                    skip(views)
+                    readers.bad_record(skip, views)
                     continue
                 if writer is None:
                     writer = StoreWriter(out, kind=next(iter(kinds)), vocab_size=len(tok), overwrite=overwrite)

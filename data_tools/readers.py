@@ -67,7 +67,7 @@ def iter_lines(path: str, on_bad=None) -> Iterator[tuple[int, str]]:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
                     col = len(raw[:e.start].decode("utf-8")) + 1  # the prefix decoded fine
-                    _bad(on_bad, DataError(f"invalid UTF-8: byte 0x{raw[e.start]:02x} at column {col}",
+                    bad_record(on_bad, DataError(f"invalid UTF-8: byte 0x{raw[e.start]:02x} at column {col}",
                                            file=path, line=n))
                     continue
                 yield n, (text[1:] if n == 1 and text.startswith("\ufeff") else text)  # a BOM is no content
@@ -85,9 +85,9 @@ def iter_jsonl(path: str, on_bad=None) -> Iterator[tuple[int, Any]]:
             yield n, json.loads(text)
         except json.JSONDecodeError as e:
             at = f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
-            _bad(on_bad, DataError(f"malformed JSON: {at}", file=path, line=n))
+            bad_record(on_bad, DataError(f"malformed JSON: {at}", file=path, line=n))
         except RecursionError:
-            _bad(on_bad, DataError("malformed JSON: nested too deeply", file=path, line=n))
+            bad_record(on_bad, DataError("malformed JSON: nested too deeply", file=path, line=n))
 
 
 def iter_text(path: str, on_bad=None) -> Iterator[tuple[int, str]]:
@@ -284,12 +284,12 @@ def group_cestwc(rows: Iterable[tuple[int, Any]], *, file: str, field: str | Non
         try:
             sid, text = _cestwc_row(obj, file, line, field, id_field)
         except DataError as e:
-            _bad(on_bad, e)
+            bad_record(on_bad, e)
             continue
         groups.setdefault(sid, (line, []))[1].append(text)
     for sid, (line, texts) in groups.items():
         if len(texts) < 2:
-            _bad(on_bad, DataError(f"group with 1 view (paraphrase_set_id {sid!r}); a group needs at least 2",
+            bad_record(on_bad, DataError(f"group with 1 view (paraphrase_set_id {sid!r}); a group needs at least 2",
                                    file=file, line=line))
             continue
         yield line, texts
@@ -307,12 +307,18 @@ def _cestwc_row(obj, file, line, field, id_field):
     return sid, _view(obj[field], field, file, line)
 
 
-def _bad(on_bad, err: DataError) -> None:
+def bad_record(on_bad, err: DataError) -> None:
     """Raise ``err``, or hand it to ``on_bad`` (``--on-bad skip``: count it and go on)."""
     err.skippable = True
     if on_bad is None:
         raise err
     on_bad(err)
+
+
+def skip_counter(on_bad: str, dropped):
+    """The ``on_bad`` callback of ``--on-bad error|skip``: None (raise) for error; for skip,
+    one that counts each bad record in the Counter ``dropped`` by the kind of fault."""
+    return (lambda e: dropped.update([e.what.split(":")[0]])) if on_bad == "skip" else None
 
 
 # ---------------------------------------------------------------- entry point
@@ -360,7 +366,7 @@ def read_records(source: str, *, fmt: str = "auto", field: str | None = None, hf
         try:
             data = parse(obj, file=file, line=line, field=field)
         except DataError as e:
-            _bad(on_bad, e)
+            bad_record(on_bad, e)
             continue
         if data is not None:
             yield Record(file, line, kind, data)

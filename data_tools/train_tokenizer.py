@@ -111,7 +111,7 @@ def train(inputs, out, *, vocab_size=8000, model="bpe", k=8, fmt="auto", field=N
         raise DataError(f"cannot create the output: {e.strerror or e}", file=out) from None
     counter = [0, 0]
     dropped: collections.Counter = collections.Counter()
-    skip = (lambda e: dropped.update([e.what.split(":")[0]])) if on_bad == "skip" else None
+    skip = readers.skip_counter(on_bad, dropped)
     try:
         corpus = os.path.join(tmp, "corpus.txt")
         n_lines = 0

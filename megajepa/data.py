@@ -36,7 +36,7 @@ import numpy as np
 import torch.distributed as dist
 
 from data_tools import nlrx
-from data_tools.build import build_store
+from data_tools.build import build_store, read_json
 from data_tools.errors import DataError
 from data_tools.hub import is_repo_id
 from data_tools.preprocess import preprocess
@@ -117,7 +117,7 @@ def _embedded(cfg, run_dir: str, rank: int, tokenizer: str | None) -> tuple[str,
     root = os.path.join(run_dir, "embedded")
     store, eval_jsonl = os.path.join(root, "train_store"), os.path.join(root, "test.jsonl")
     done, options = os.path.join(root, "READY"), _embedded_options(cfg, tokenizer)
-    if rank == 0 and _read_json(done) != options:
+    if rank == 0 and read_json(done) != options:
         os.makedirs(root, exist_ok=True)
         seed = cfg.train.seed
         train = nlrx.generate_pairs(d.embedded_examples, seed=seed, split="train", paraphrase=0.5)
@@ -138,14 +138,6 @@ def _embedded(cfg, run_dir: str, rank: int, tokenizer: str | None) -> tuple[str,
     if dist.is_initialized():
         dist.barrier()
     return store, eval_jsonl if d.embedded_eval > 0 else None
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
 
 
 def _on_rank0(fn, rank: int, what: str):
@@ -207,7 +199,7 @@ def _tokenize_eval(eval_jsonl: str, tokenizer_dir: str, run_dir: str, template: 
                template=template, system_in_plain=system_in_plain)
     if rank == 0:
         have = os.path.exists(os.path.join(out, "manifest.json"))
-        if not have or _read_json(key_file) != key:
+        if not have or read_json(key_file) != key:
             if have:
                 log.warning("data.eval %s: the held-out store %s was built from another file, "
                             "tokenizer or template; rebuilding it", eval_jsonl, out)
