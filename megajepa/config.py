@@ -62,6 +62,11 @@ class DataConfig:
     micro_batch_examples: int = _f(0, "examples per micro-batch per rank, packed into as many "
                                       "rows as they need (0 = budget by data.micro_batch_rows); "
                                       "arms of a comparison then see the same examples per step")
+    balance_rows: bool = _f(True, "tight rows: each micro-batch's rows cut to its longest row and, "
+                                  "with data.micro_batch_examples, its examples spread evenly over "
+                                  "the rows they need (exact: the padding cut is attended by "
+                                  "nothing; not on the compiled FlexAttention path, one shape); "
+                                  "false = every row padded to data.seq_len, as before 2026-12-06")
     overflow: str = _f("drop", "examples longer than a row: drop or truncate")
     window: int = _f(1024, "best-fit packing window (examples)")
     lm_on_all: bool = _f(False, "pair examples: next-token loss on the text too, not only the code")
@@ -126,6 +131,9 @@ class OptimConfig:
     eps: float = _f(1e-8, "AdamW epsilon")
     grad_clip: float = _f(1.0, "gradient clipping (global norm; 0 = off)")
     grad_accum: int = _f(1, "gradient accumulation steps (micro-batches per optimizer step)")
+    fused: str = _f("auto", "torch AdamW kernel: auto (fused on CUDA and CPU, measured fastest), "
+                            "on (fused), off (torch's single-tensor loop, the CPU default before "
+                            "2026-12-06); ZeRO optimizer offload always uses DeepSpeed's CPU Adam")
 
 
 @dataclass
@@ -194,6 +202,7 @@ CHOICES = {
     "jepa.stp_sampler": ("start", "uniform"),
     "jepa.stp_weighting": ("none", "cosine_like", "jaccard_like"),
     "optim.schedule": ("cosine", "linear"),
+    "optim.fused": ("auto", "on", "off"),
     "jepa.mode": ("single_pass", "three_pass"),
     "jepa.kernels": ("auto", "reference"),
     "train.precision": ("auto", "bf16", "fp32"),

@@ -294,6 +294,25 @@ def plan_rows(costs: Sequence[int], seq_len: int, *, window: int = 1024) -> list
     return rows
 
 
+def balance_rows(costs: Sequence[int], n_rows: int, seq_len: int) -> list[list[int]] | None:
+    """Items spread evenly over ``n_rows`` rows of capacity ``seq_len``: largest first (ties by
+    index) into the least-filled row (ties: the first), members of each row ascending. ``None``
+    when an item does not fit the least-filled row (then no row holds it; keep the
+    :func:`plan_rows` plan) or an item is not placeable (``cost > seq_len`` or ``<= 0``)."""
+    costs = np.asarray(costs, dtype=np.int64)
+    if n_rows < 1 or len(costs) < n_rows or ((costs > seq_len) | (costs <= 0)).any():
+        return None
+    fill = [0] * n_rows
+    members: list[list[int]] = [[] for _ in range(n_rows)]
+    for i in np.argsort(-costs, kind="stable").tolist():
+        r = min(range(n_rows), key=fill.__getitem__)
+        if fill[r] + costs[i] > seq_len:
+            return None
+        fill[r] += int(costs[i])
+        members[r].append(i)
+    return [sorted(m) for m in members]
+
+
 def truncate_to_fit(ex: Example, seq_len: int, *, k: int, jepa_pairs="next",
                     reverse=False, read_at="end") -> Example | None:
     """The truncation rule: repeatedly drop the token just before the end-of-sequence token
@@ -315,7 +334,7 @@ def pack(examples: Sequence[Example], seq_len: int, *, k: int, pred_ids: Sequenc
          pad_id: int, jepa_pairs: str = "next", reverse: bool = False,
          lm_on_all: bool = False, overflow: str = "drop", window: int = 1024,
          rows: Sequence[Sequence[int]] | None = None,
-         min_rows: int = 0, read_at: str = "end") -> PackedBatch:
+         min_rows: int = 0, read_at: str = "end", width: int | None = None) -> PackedBatch:
     """Pack whole examples into rows of ``seq_len`` tokens (see the module docstring).
 
     ``overflow`` says what happens to an example longer than a row: ``"drop"`` (counted in
@@ -323,7 +342,10 @@ def pack(examples: Sequence[Example], seq_len: int, *, k: int, pred_ids: Sequenc
     ``stats["truncated"]``; dropped if even that cannot fit). An example that ``read_at``
     cannot read (:func:`readable`) is dropped, counted in ``stats["too_short"]``. ``rows``
     is an optional precomputed plan (lists of indices into ``examples``); ``min_rows`` pads
-    the batch with empty rows so data-parallel ranks can agree on a shape.
+    the batch with empty rows so data-parallel ranks can agree on a shape. ``width`` is the
+    row length of the batch (default ``seq_len``; at least its longest row, at most
+    ``seq_len``): a row's trailing padding is attended by nothing and carries no label, so
+    cutting it changes no loss or gradient.
     """
     if overflow not in OVERFLOW:
         raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
@@ -349,7 +371,10 @@ def pack(examples: Sequence[Example], seq_len: int, *, k: int, pred_ids: Sequenc
     if rows is None:
         rows = plan_rows(costs, seq_len, window=window)
     n_rows = max(len(rows), min_rows)
-    shape = (n_rows, seq_len)
+    width = seq_len if width is None else int(width)
+    if not 0 < width <= seq_len:
+        raise ValueError(f"width={width} must be in [1, seq_len={seq_len}]")
+    shape = (n_rows, width)
     input_ids = np.full(shape, pad_id, dtype=np.int64)
     position_ids = np.zeros(shape, dtype=np.int64)
     doc_ids = np.full(shape, PAD_DOC, dtype=np.int64)
@@ -367,22 +392,22 @@ def pack(examples: Sequence[Example], seq_len: int, *, k: int, pred_ids: Sequenc
             starts = []
             for d in lay.docs:
                 n = len(d.tokens)
-                if cursor + n > seq_len:
-                    raise ValueError(f"row plan overflows row {r} (seq_len={seq_len})")
+                if cursor + n > width:
+                    raise ValueError(f"row plan overflows row {r} (seq_len={seq_len}, width={width})")
                 sl = slice(cursor, cursor + n)
                 input_ids[r, sl] = d.tokens
                 position_ids[r, sl] = d.positions
                 roles[r, sl] = d.roles
                 labels[r, sl] = d.labels
                 doc_ids[r, sl] = doc
-                starts.append(r * seq_len + cursor)
+                starts.append(r * width + cursor)
                 cursor += n
                 doc += 1
             for (sd, so), (td, to) in lay.pairs:
                 pred_index.append(starts[sd] + so)
                 target_index.append(starts[td] + to)
         real += cursor
-    capacity = n_rows * seq_len
+    capacity = n_rows * width
     stats = dict(examples=len(examples), dropped=dropped, truncated=truncated,
                  too_short=too_short, rows=n_rows,
                  real_tokens=real, capacity=capacity,

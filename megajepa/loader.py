@@ -32,6 +32,17 @@ step and the same steps per epoch, paying for JEPA in rows (compute)::
     rows:  1     2     | 1     1     | 2      1            (varies; ``fixed_rows`` pads every
                                                              micro-batch to the epoch's maximum)
 
+**Tight rows** (``balance_rows``, not with ``fixed_rows``): each micro-batch's rows are cut to
+its longest row, and with an examples budget its examples are spread evenly over the rows
+best fit needs (:func:`layout.balance_rows`: largest first into the least-filled row; best
+fit's rows kept where that does not fit). Exact: the padding cut off a row's end is attended
+by nothing and carries no label, so losses and gradients are those of the padded rows; the
+examples of each micro-batch, the steps and ``seen`` do not change, so a run may resume
+across the switch. With 8 short examples in rows of 160 (SmolLM2, NL-RX) a step runs the
+longest of ~3 balanced rows, ~440 tokens instead of 3 x 160. No rounding of the width to a
+multiple of 8: the CPU's GEMMs gain nothing from it and it would add up to 7 padding tokens
+a row; the compiled GPU path (``fixed_rows``) keeps one shape, rows of ``seq_len``.
+
 ``seen`` counts the examples and real (non-padding) packed tokens that all ranks have
 consumed so far; every rank knows the global plan, so every rank holds the same numbers,
 and ``state_dict`` carries them across a resume. :func:`budget_steps` turns an epoch budget
@@ -50,8 +61,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_tools.store import open_store
-from megajepa.layout import (PackedBatch, _check_read_at, example_cost, layout_cost, pack, plan_rows,
-                             truncate_to_fit)
+from megajepa.layout import (PackedBatch, _check_read_at, balance_rows, example_cost, layout_cost, pack,
+                             plan_rows, truncate_to_fit)
 from megajepa.metrics import attended_pairs
 
 log = logging.getLogger(__name__)
@@ -130,6 +141,7 @@ class EpochPlan:
     examples: np.ndarray = None      # [micro-batches] examples per global micro-batch
     tokens: np.ndarray = None        # [micro-batches] real packed tokens per global micro-batch
     max_rows: int = 0
+    widths: np.ndarray = None        # [micro-batches] row length of each (seq_len unless balance_rows)
 
 
 class PackedLoader:
@@ -139,7 +151,8 @@ class PackedLoader:
     def __init__(self, store, *, seq_len: int, micro_batch_rows: int, k: int, pred_ids, pad_id: int, seed: int,
                  rank: int = 0, world_size: int = 1, jepa_ratio: float = 1.0, jepa_pairs: str = "next",
                  reverse: bool = False, lm_on_all: bool = False, overflow: str = "drop", window: int = 1024,
-                 read_at: str = "end", micro_batch_examples: int = 0, fixed_rows: bool = False):
+                 read_at: str = "end", micro_batch_examples: int = 0, fixed_rows: bool = False,
+                 balance_rows: bool = False):
         if isinstance(store, str):
             store = open_store(store)
         if not 0 <= rank < world_size:
@@ -159,6 +172,7 @@ class PackedLoader:
         self.jepa_pairs, self.reverse, self.lm_on_all = jepa_pairs, reverse, lm_on_all
         self.overflow, self.window = overflow, window
         self.read_at, self.examples_per_batch, self.fixed_rows = read_at, micro_batch_examples, fixed_rows
+        self.balance_rows = balance_rows and not fixed_rows  # a compiled model needs one shape
         self.epoch, self.cursor = 0, 0
         self.seen = {"examples": 0, "tokens": 0}
         self._plan: EpochPlan | None = None
@@ -200,28 +214,35 @@ class PackedLoader:
         examples = np.array([sum(len(row) for row in b) for b in batches], dtype=np.int64)
         tokens = np.array([sum(int(costs[row].sum()) for row in b) for b in batches], dtype=np.int64)
         max_rows = max((len(b) for b in batches), default=0)
-        delivered = max_rows * len(batches) if self.fixed_rows else len(used)
+        widths = np.array([max(int(costs[row].sum()) for row in b) if self.balance_rows else self.seq_len
+                           for b in batches], dtype=np.int64)
+        n_rows = np.array([max_rows if self.fixed_rows else len(b) for b in batches], dtype=np.int64)
+        delivered = int((n_rows * widths).sum())
         stats = dict(epoch=epoch, examples=n, dropped_too_long=dropped, too_short=too_short,
                      truncated=truncated, rows=len(used) + len(tail), steps=steps, tail_rows=len(tail),
                      tail_examples=sum(len(r) for r in tail), max_rows=max_rows,
                      examples_per_step=int(examples.sum()) // max(steps, 1),
-                     efficiency=int(tokens.sum()) / (delivered * self.seq_len) if delivered else 0.0)
+                     efficiency=int(tokens.sum()) / delivered if delivered else 0.0)
         if tail or dropped or too_short:
             log.info("epoch %d: %d rows dropped as the uneven tail (%d examples), %d examples too long, "
                      "%d without content to read", epoch, len(tail), stats["tail_examples"], dropped, too_short)
-        self._plan = EpochPlan(epoch, used, jepa, steps, stats, batches, examples, tokens, max_rows)
+        self._plan = EpochPlan(epoch, used, jepa, steps, stats, batches, examples, tokens, max_rows, widths)
         return self._plan
 
     def _by_examples(self, perm, costs):
         """Micro-batches of ``micro_batch_examples`` consecutive placeable examples of the
-        visit order, each best-fit packed on its own; the uneven tail is returned apart."""
+        visit order, each best-fit packed on its own (``balance_rows``: then spread evenly over
+        those rows); the uneven tail is returned apart."""
         e, seq_len = self.examples_per_batch, self.seq_len
         order = perm[costs[perm] <= seq_len]
         n_mb = len(order) // (e * self.world_size) * self.world_size
         batches = []
         for g in range(n_mb):
             group = order[g * e:(g + 1) * e]
-            batches.append([group[r].tolist() for r in plan_rows(costs[group], seq_len, window=e)])
+            rows = plan_rows(costs[group], seq_len, window=e)
+            if self.balance_rows:
+                rows = balance_rows(costs[group], len(rows), seq_len) or rows
+            batches.append([group[r].tolist() for r in rows])
         rest = order[n_mb * e:]
         tail = [rest[r].tolist() for r in plan_rows(costs[rest], seq_len, window=self.window)]
         return batches, tail
@@ -267,7 +288,8 @@ class PackedLoader:
         batch = pack(examples, self.seq_len, k=self.k, pred_ids=self.pred_ids, pad_id=self.pad_id,
                      jepa_pairs=self.jepa_pairs, reverse=self.reverse, lm_on_all=self.lm_on_all,
                      overflow=self.overflow, window=self.window, rows=local, read_at=self.read_at,
-                     min_rows=plan.max_rows if self.fixed_rows else 0)
+                     min_rows=plan.max_rows if self.fixed_rows else 0,
+                     width=int(plan.widths[self.cursor * self.world_size + self.rank]))
         # The loop's counts, on the host where the batch is built (no device reads later).
         batch.stats.update(epoch=self.epoch, step_in_epoch=self.cursor, rank=self.rank,
                            label_tokens=batch.num_label_tokens, pairs=batch.num_pairs,

@@ -280,7 +280,7 @@ def make_loader(cfg, data, rank: int, world: int, fixed_rows: bool = False):
         jepa_ratio=cfg.jepa.jepa_ratio if cfg.jepa.lbd and cfg.jepa.objective == "views" else 0.0,
         jepa_pairs=cfg.jepa.jepa_pairs, reverse=cfg.jepa.reverse, lm_on_all=d.lm_on_all,
         overflow=d.overflow, window=d.window, read_at=cfg.jepa.read_at,
-        micro_batch_examples=d.micro_batch_examples, fixed_rows=fixed_rows)
+        micro_batch_examples=d.micro_batch_examples, fixed_rows=fixed_rows, balance_rows=d.balance_rows)
     if loader.steps_per_epoch < 1:
         per, knob = ((f"{d.micro_batch_examples} examples", "data.micro_batch_examples")
                      if d.micro_batch_examples else (f"{d.micro_batch_rows} rows", "data.micro_batch_rows"))
@@ -405,13 +405,16 @@ def make_optimizer(cfg, params, ds_cfg, device):
     """AdamW: DeepSpeed's CPU Adam where ZeRO offloads the optimizer state to the host,
     else torch's fused kernel, on CUDA and on CPU alike (measured on CPU at SmolLM2-135M:
     one step 0.17 s against 1.4 s for the single-tensor loop torch picks by default on CPU,
-    1.1 s foreach, 0.25 s DeepSpeed's CPU Adam; the same update to 6e-8; docs/benchmarks.md)."""
+    1.1 s foreach, 0.25 s DeepSpeed's CPU Adam; the same update to 6e-8; docs/benchmarks.md).
+    ``optim.fused``: ``on`` forces the fused kernel, ``off`` the single-tensor loop (what CPU
+    runs used before 2026-12-06: their results reproduce to the last digit with it)."""
     o = cfg.optim
     kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     if offloads_optimizer(ds_cfg):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         return DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
-    return torch.optim.AdamW(params, fused=device.type in ("cuda", "cpu"), **kw)
+    fused = {"on": True, "off": False}.get(o.fused, device.type in ("cuda", "cpu"))
+    return torch.optim.AdamW(params, fused=fused, foreach=None if fused else False, **kw)
 
 
 def param_groups(model, weight_decay):
