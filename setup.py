@@ -27,6 +27,7 @@ setup(
         "triton": ["triton>=3.0"],
         "cuda": ["triton>=3.0", "liger-kernel>=0.5"],
         "gguf": ["gguf>=0.10", "accelerate>=1.0"],  # --init-from a .gguf file (megajepa.pretrained)
-        "dev": ["pytest>=8", "hypothesis>=6.100", "triton>=3.0"],
+        "lora": ["peft>=0.15"],  # --model.lora_rank (trainable_token_indices needs 0.15)
+        "dev": ["pytest>=8", "hypothesis>=6.100", "triton>=3.0", "peft>=0.15"],
     },
 )

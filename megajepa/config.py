@@ -43,6 +43,15 @@ class ModelConfig:
                             "installed and nothing is compiled), on, off")
     checkpointing: bool = _f(False, "activation checkpointing of each decoder layer (less "
                                     "memory, one more forward)")
+    lora_rank: int = _f(0, "LoRA rank r (peft, the paper's Table 3): low-rank adapters on "
+                           "model.lora_targets and the added tokens' embedding rows train, the "
+                           "rest stays frozen; the export merges them (0 = full fine-tuning)")
+    lora_alpha: float = _f(0.0, "LoRA alpha: the adapters are scaled by alpha / rank (0 = 2 x "
+                                "model.lora_rank, the LLM-JEPA authors' setting)")
+    lora_dropout: float = _f(0.0, "LoRA dropout on the adapters' input")
+    lora_targets: str = _f("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                           "modules that get LoRA adapters: comma-separated module names (the "
+                           "attention and MLP projections), or all-linear")
 
 
 @dataclass
@@ -375,6 +384,7 @@ def validate(cfg: Config, explicit=frozenset()) -> None:
     if m.init_from is None and m.preset not in PRESETS:
         errors.append(f"model.preset {m.preset!r} is unknown; choose one of {sorted(PRESETS)} "
                       "or pass --model.init_from <hf_dir>")
+    errors.extend(_lora_errors(m))
     if j.k < 0:
         errors.append("jepa.k must be >= 0")
     if d.seq_len < 8:
@@ -422,6 +432,28 @@ def validate(cfg: Config, explicit=frozenset()) -> None:
         raise ValueError(f"invalid configuration: {errors[0]}")  # one error, one line
     if errors:
         raise ValueError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def _lora_errors(m: ModelConfig) -> list:
+    errors = []
+    if m.lora_rank < 0:
+        errors.append(f"model.lora_rank={m.lora_rank} must be >= 0 (0 = full fine-tuning)")
+    if m.lora_alpha < 0:
+        errors.append(f"model.lora_alpha={m.lora_alpha} must be >= 0 (0 = 2 x model.lora_rank)")
+    if not 0 <= m.lora_dropout < 1:
+        errors.append(f"model.lora_dropout={m.lora_dropout} must be in [0, 1)")
+    if m.lora_rank > 0 and not lora_targets(m):
+        errors.append("model.lora_targets is empty: name the modules that get adapters "
+                      "(q_proj,k_proj,...) or all-linear")
+    return errors
+
+
+def lora_targets(m: ModelConfig) -> list | str:
+    """``model.lora_targets`` as peft's ``target_modules``: a list of names, or ``all-linear``."""
+    text = (m.lora_targets or "").strip()
+    if text == "all-linear":
+        return text
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def stp_spec(j: JepaConfig):
