@@ -29,10 +29,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 
 import torch
 
-from megajepa import pretrained
+from data_tools.templates import SEP_TOKEN
+from data_tools.tokenizer import pred_ids
+from megajepa import objective, pretrained
 from megajepa.ops.linear_ce import liger_available as liger_installed
 
 log = logging.getLogger("megajepa")
@@ -236,3 +239,76 @@ def optimize(model, cfg_model, device, *, zero_stage: int = 0) -> dict:
     applied = {"compile": compile_mode, "liger": liger, "checkpointing": bool(cfg_model.checkpointing)}
     log.info("model speed options: %s", applied)
     return applied
+
+
+# ------------------------------------------------------------------------------------ LoRA
+
+def lora_token_ids(tokenizer, base_rows: int) -> list[int]:
+    """The embedding rows that train under LoRA: megajepa's own tokens (``<sep>``,
+    ``<pred_1..K>``) and every row :func:`resize_for_tokenizer` added past ``base_rows`` (the
+    checkpoint's vocabulary). Frozen, the predictor tokens would stay fixed vectors."""
+    vocab = tokenizer.get_vocab()
+    ids = set(pred_ids(tokenizer)) | set(range(base_rows, len(tokenizer)))
+    if SEP_TOKEN in vocab:
+        ids.add(vocab[SEP_TOKEN])
+    return sorted(ids)
+
+
+def apply_lora(model, cfg_model, token_ids, *, seed: int = 0):
+    """Inject ``model.lora_*`` adapters into ``model`` in place with peft; returns the
+    ``PeftModel``, whose ``base_model.model`` is ``model`` itself, adapted: training runs that
+    one, so the loss head, the masks and the held-out code read a Hugging Face model. Only the
+    adapters and the rows ``token_ids`` of the input embedding (peft's trainable tokens; a
+    tied LM head follows them) train. The adapters are created whole and seeded (``seed``),
+    the same on every rank; under ZeRO-3 the engine partitions them like any parameter made
+    outside ``zero.Init`` (made inside, peft's zeroing of ``lora_B`` would write into empty
+    partitions), and the embedding and head are gathered while peft copies the token rows."""
+    try:  # optional: pip install -e '.[lora]'
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("model.lora_rank needs peft: pip install -e '.[lora]'") from None
+    from megajepa.config import lora_targets
+
+    rank = cfg_model.lora_rank
+    config = LoraConfig(r=rank, lora_alpha=cfg_model.lora_alpha or 2 * rank,
+                        lora_dropout=cfg_model.lora_dropout, bias="none",
+                        target_modules=lora_targets(cfg_model),
+                        trainable_token_indices=list(token_ids) or None)
+    heads = [model.get_input_embeddings().weight]
+    if model.get_output_embeddings() is not None:
+        heads.append(model.get_output_embeddings().weight)
+    partitioned = [p for p in heads if hasattr(p, "ds_id")]
+    gathered = contextlib.nullcontext()
+    if partitioned:
+        import deepspeed  # only under ZeRO-3
+        gathered = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+    torch.manual_seed(seed)
+    with gathered:
+        try:
+            with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
+                warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+                peft_model = get_peft_model(model, config)
+        except ValueError as e:  # target modules not found, an unsupported layer type
+            raise ValueError(f"model.lora_targets={cfg_model.lora_targets!r}: "
+                             f"{' '.join(str(e).split())}") from None
+        objective.check_lm_head(model)  # the loss head reads the adapted rows, as the model does
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA rank %d alpha %g on %s, %d trainable token rows: %d trainable parameters",
+             rank, config.lora_alpha, cfg_model.lora_targets, len(token_ids), trainable)
+    return peft_model
+
+
+def register_lora_zero3(owner, lm) -> None:
+    """ZeRO-3: peft's trainable-token layers read their base weight and their rows outside
+    the modules that own them, and the loss head reads the LM head's adapted weight in
+    ``owner``'s forward (``train.JepaModule``): DeepSpeed must gather those there."""
+    import deepspeed
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    for m in lm.modules():
+        if isinstance(m, TrainableTokensLayer):
+            for p in m.parameters():
+                deepspeed.zero.register_external_parameter(m, p)
+    for p in lm.get_output_embeddings().parameters():
+        deepspeed.zero.register_external_parameter(owner, p)
+

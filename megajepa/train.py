@@ -313,10 +313,12 @@ def attention(cfg, device) -> str:
 
 def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int, model_dir=None):
     """The model (``model_dir``: ``model.init_from`` as a local folder, else a random init;
-    under ``zero.Init`` for ZeRO-3), AdamW, the LR schedule over ``total_steps`` optimizer
-    steps, the engine."""
+    under ``zero.Init`` for ZeRO-3; ``model.lora_rank``: LoRA adapters by peft, only they and
+    the added tokens' rows train), AdamW, the LR schedule over ``total_steps`` optimizer steps,
+    the engine."""
     import deepspeed
-    from megajepa.model import build_model, optimize, resize_for_tokenizer
+    from megajepa.model import (apply_lora, build_model, lora_token_ids, optimize, register_lora_zero3,
+                                resize_for_tokenizer)
 
     attn = attention(cfg, device)
     init_ctx = deepspeed.zero.Init(config_dict_or_path=ds_cfg) if zero_stage(ds_cfg) == 3 else None
@@ -328,13 +330,19 @@ def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int, model_di
     model = build_model(preset=None if model_dir else cfg.model.preset,
                         vocab_size=len(tokenizer), init_from=model_dir, seed=cfg.train.seed,
                         attn_implementation=attn, init_context=init_ctx)
+    base_rows = model.get_input_embeddings().num_embeddings  # before the added tokens' rows
     if model_dir:
+        torch.manual_seed(cfg.train.seed)  # transformers' mean resizing samples the new rows
         resize_for_tokenizer(model, tokenizer)
     objective.check_lm_head(model)  # the loss head computes the model's own logits, or one line why not
     del hf_zero3
+    if cfg.model.lora_rank:  # adapters injected in place: the model stays the causal LM
+        apply_lora(model, cfg.model, lora_token_ids(tokenizer, base_rows), seed=cfg.train.seed)
     optimize(model, cfg.model, device, zero_stage=zero_stage(ds_cfg))  # compile, liger, checkpointing
     module = JepaModule(model, cfg.jepa, stp_predictor=_stp_predictor(cfg, model),
                         sigreg_head=_sigreg_head(cfg, model), seed=cfg.train.seed)
+    if cfg.model.lora_rank and zero_stage(ds_cfg) == 3:
+        register_lora_zero3(module, model)
     optimizer = make_optimizer(cfg, param_groups(module, cfg.optim.weight_decay), ds_cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.for_config(cfg, total_steps))
     engine, _, _, scheduler = deepspeed.initialize(
@@ -424,8 +432,9 @@ def param_groups(model, weight_decay):
         if not p.requires_grad:
             continue
         (no_decay if getattr(p, "ds_shape", p.shape).__len__() < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]  # LoRA trains no 1-D parameters: ZeRO drops empty groups
 
 
 STOP_FILE = "STOP"
