@@ -17,6 +17,9 @@ token ids training saw (:func:`plain_chat_template`), so ``tokenizer.apply_chat_
     [<s>] enc(user) [<sep>]   ->  the model continues with  enc(assistant) [</s>]
 
 A model trained with the chat template keeps its tokenizer's own chat template.
+
+A LoRA run (``model.lora_rank``) is exported merged: peft's ``merge_and_unload`` folds the
+adapters and the trained token rows into plain weights, which need no peft to load.
 """
 from __future__ import annotations
 
@@ -85,6 +88,20 @@ def _skeleton(cfg, vocab_size: int, run_dir: str):
         return AutoModelForCausalLM.from_config(config)
     from transformers import LlamaForCausalLM
     return LlamaForCausalLM(llama_config(cfg.model.preset, vocab_size, attn_implementation="sdpa"))
+
+
+_LORA_EMBED = "model.embed_tokens.token_adapter.base_layer.weight"  # peft's trainable tokens
+
+
+def _lora_wrap(model, cfg, tok, run_dir: str):
+    """The ``PeftModel`` of a ``model.lora_rank`` run around ``model``: the same adapters and
+    trainable token rows (the rows the run added to its checkpoint's vocabulary)."""
+    from megajepa.model import apply_lora, lora_token_ids
+    from megajepa.pretrained import config_of
+
+    base_rows = (config_of(cfg.model.init_from, run_dir).vocab_size if cfg.model.init_from
+                 else model.get_input_embeddings().num_embeddings)
+    return apply_lora(model, cfg.model, lora_token_ids(tok, base_rows), seed=cfg.train.seed)
 
 
 def _train_store(cfg, tag_dir: str) -> str:
@@ -226,13 +243,19 @@ def export(checkpoint_path: str, out_dir: str, *, dtype: str = "auto",
     tok_dir = _tokenizer_dir(cfg, store_dir)
     tok, _ = load_tokenizer(tok_dir)
     state = consolidated_state_dict(root, tag)
-    vocab = state["model.embed_tokens.weight"].shape[0]
-    model = _skeleton(cfg, vocab, os.path.dirname(os.path.dirname(tag_dir)))
+    run_dir = os.path.dirname(os.path.dirname(tag_dir))
+    lora = cfg.model.lora_rank > 0
+    vocab = state[_LORA_EMBED if _LORA_EMBED in state else "model.embed_tokens.weight"].shape[0]
+    model = target = _skeleton(cfg, vocab, run_dir)
+    if lora:  # wrapped as training wrapped it, so the state dict's keys fit
+        target = _lora_wrap(model, cfg, tok, run_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    tied = {k for k in missing if k.startswith("lm_head.")} if model.config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"checkpoint {tag_dir} does not match the model: missing "
                            f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+    if lora:
+        model = target.merge_and_unload()  # adapters and token rows folded into plain weights
     if tied:
         model.tie_weights()
     model.to(DTYPES[dtype])
