@@ -22,6 +22,9 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from megajepa.presets import PRESETS
+from megajepa.stp import StpSpec
+
 
 def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
@@ -377,8 +380,6 @@ def validate(cfg: Config, explicit=frozenset()) -> None:
     (``load`` passes every flag and the YAML values that differ from the defaults, so a saved
     ``config.yaml`` loads again), for the rules about what was asked rather than what resulted:
     ``--train.epochs 0``, and ``train.steps`` given together with ``train.epochs``."""
-    from megajepa.model import PRESETS
-
     m, d, j, o, t = cfg.model, cfg.data, cfg.jepa, cfg.optim, cfg.train
     errors = []
     if m.init_from is None and m.preset not in PRESETS:
@@ -458,8 +459,6 @@ def lora_targets(m: ModelConfig) -> list | str:
 
 def stp_spec(j: JepaConfig):
     """The :class:`megajepa.stp.StpSpec` of ``jepa.stp_*`` (``stp_max_len`` 0 = no limit)."""
-    from megajepa.stp import StpSpec
-
     return StpSpec(spans=j.stp_spans, sampler=j.stp_sampler, max_len=j.stp_max_len or None,
                    weighting=j.stp_weighting, predictor=j.stp_predictor)
 

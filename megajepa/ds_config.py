@@ -30,12 +30,17 @@ when ``train.on_nonfinite = skip`` needs a ZeRO optimizer; several CPU ranks: ze
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
 import os
 
+import torch
+
 from megajepa.config import Config
+from megajepa.model import estimate_parameters
+from megajepa.presets import PRESETS
 
 log = logging.getLogger("megajepa")
 
@@ -50,8 +55,6 @@ STATE_BUDGET = 0.7  # of one GPU's memory; the rest is for activations and buffe
 
 
 def gpu_memory_bytes() -> int | None:
-    import torch
-
     if not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
@@ -83,8 +86,6 @@ def choose(params: int, world_size: int, gpu_memory: int | None, *,
 
 def auto_path(cfg: Config, world_size: int, gpu_memory: int | None = None) -> tuple[str, str]:
     """The file ``train.ds_config = auto`` stands for in this run."""
-    from megajepa.model import estimate_parameters
-
     if gpu_memory is None:
         gpu_memory = gpu_memory_bytes()
     if gpu_memory is None:
@@ -170,10 +171,6 @@ def offloads_optimizer(ds: dict) -> bool:
 
 def main(argv=None) -> int:
     """``python -m megajepa.ds_config --preset llama-3.1-8b --gpus 8``: what ``auto`` picks."""
-    import argparse
-
-    from megajepa.model import PRESETS, estimate_parameters
-
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--preset", default="llama-3.2-1b", choices=sorted(PRESETS))
     p.add_argument("--init-from", default=None, help="HF model directory instead of a preset")
