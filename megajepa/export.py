@@ -67,6 +67,9 @@ def consolidated_state_dict(root: str, tag: str) -> dict:
         from megajepa.console import quiet
         with quiet("zero_to_fp32"):  # its prints and progress bar are chatter
             state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+        if os.path.exists(stage0):  # ZeRO-1 keeps frozen parameters (LoRA's base) only here
+            frozen = checkpoint.torch_load(stage0)["module"]
+            state.update({k: v for k, v in frozen.items() if k not in state})
     elif os.path.exists(stage0):
         state = checkpoint.torch_load(stage0)["module"]
     else:
