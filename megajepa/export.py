@@ -30,10 +30,18 @@ import sys
 
 import torch
 import yaml
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from data_tools.store import open_store
+from data_tools.templates import SEP_TOKEN, pair_views, prompt_ids
+from data_tools.tokenizer import load_tokenizer
 from megajepa import checkpoint
 from megajepa.cli import HelpFormatter
 from megajepa.config import from_dict
+from megajepa.console import prepare, quiet
+from megajepa.data import train_store_path
+from megajepa.model import apply_lora, llama_config, lora_token_ids
+from megajepa.pretrained import config_of
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _PREFIX = "lm."  # JepaModule wraps the causal LM
@@ -64,7 +72,6 @@ def consolidated_state_dict(root: str, tag: str) -> dict:
     if has_optim_shards:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        from megajepa.console import quiet
         with quiet("zero_to_fp32"):  # its prints and progress bar are chatter
             state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
         if os.path.exists(stage0):  # ZeRO-1 keeps frozen parameters (LoRA's base) only here
@@ -79,17 +86,11 @@ def consolidated_state_dict(root: str, tag: str) -> dict:
 
 
 def _skeleton(cfg, vocab_size: int, run_dir: str):
-    from transformers import AutoModelForCausalLM
-
-    from megajepa.model import llama_config
-    from megajepa.pretrained import config_of
-
     if cfg.model.init_from:  # a folder, a hub name or a GGUF file (its run's conversion)
         config = config_of(cfg.model.init_from, run_dir)
         config.vocab_size = vocab_size
         config._attn_implementation = None  # the family's default: sdpa, or eager (Gemma-2)
         return AutoModelForCausalLM.from_config(config)
-    from transformers import LlamaForCausalLM
     return LlamaForCausalLM(llama_config(cfg.model.preset, vocab_size, attn_implementation="sdpa"))
 
 
@@ -99,9 +100,6 @@ _LORA_EMBED = "model.embed_tokens.token_adapter.base_layer.weight"  # peft's tra
 def _lora_wrap(model, cfg, tok, run_dir: str):
     """The ``PeftModel`` of a ``model.lora_rank`` run around ``model``: the same adapters and
     trainable token rows (the rows the run added to its checkpoint's vocabulary)."""
-    from megajepa.model import apply_lora, lora_token_ids
-    from megajepa.pretrained import config_of
-
     base_rows = (config_of(cfg.model.init_from, run_dir).vocab_size if cfg.model.init_from
                  else model.get_input_embeddings().num_embeddings)
     return apply_lora(model, cfg.model, lora_token_ids(tok, base_rows), seed=cfg.train.seed)
@@ -109,14 +107,12 @@ def _lora_wrap(model, cfg, tok, run_dir: str):
 
 def _train_store(cfg, tag_dir: str) -> str:
     """The store the run trained on (its run dir is two levels above the tag)."""
-    from megajepa.data import train_store_path
     return train_store_path(cfg, os.path.dirname(os.path.dirname(tag_dir)))
 
 
 def _tokenizer_dir(cfg, store_dir: str) -> str:
     if cfg.data.tokenizer:
         return cfg.data.tokenizer
-    from data_tools.store import open_store
     return open_store(store_dir).tokenizer_path
 
 
@@ -163,8 +159,6 @@ def _metaspaces(pre) -> list:
 
 def _reproduces(tokenizer, expected, system, system_in_plain: bool) -> bool:
     """The chat template and the tokenizer give training's ids on every probe pair."""
-    from data_tools.templates import prompt_ids
-
     head = [{"role": "system", "content": system}] if system else []
     for (user, answer), (prompt, (text, code)) in zip(_PROBES, expected):
         turn = head + [{"role": "user", "content": user}]
@@ -189,15 +183,11 @@ def plain_chat_template(tokenizer, *, system_in_plain: bool = False):
     nothing for a text encoded alone unless it starts with whitespace. Candidates are checked
     on probe pairs: prompt and prompt + answer ids must equal training's.
     """
-    import copy
-
-    from data_tools.templates import SEP_TOKEN, pair_views, prompt_ids
-
     system = _PROBE_SYSTEM if system_in_plain else None
-    reference = copy.deepcopy(tokenizer)  # the tokenizer as training used it
-    expected = [(prompt_ids(reference, u, system=system, system_in_plain=system_in_plain),
-                 pair_views(reference, u, a, system=system, system_in_plain=system_in_plain))
-                for u, a in _PROBES]
+    # training's ids, before anything below changes the tokenizer (the text view is the prompt)
+    views = [pair_views(tokenizer, u, a, system=system, system_in_plain=system_in_plain)
+             for u, a in _PROBES]
+    expected = [(text, (text, code)) for text, code in views]
     old = tokenizer.chat_template
     tokenizer.chat_template = _render(tokenizer.bos_token, SEP_TOKEN, tokenizer.eos_token,
                                       system_in_plain)
@@ -217,7 +207,6 @@ def plain_chat_template(tokenizer, *, system_in_plain: bool = False):
 
 def _system_in_plain(store_dir: str) -> bool:
     """Whether the training store put the system prompt into the plain prompt."""
-    from data_tools.store import open_store
     try:
         return bool(open_store(store_dir).manifest["source"].get("system_in_plain", False))
     except Exception:  # noqa: BLE001 - a store that moved: the default layout
@@ -226,7 +215,6 @@ def _system_in_plain(store_dir: str) -> bool:
 
 def export(checkpoint_path: str, out_dir: str, *, dtype: str = "auto",
            overwrite: bool = False) -> str:
-    from data_tools.tokenizer import load_tokenizer
 
     if not os.path.exists(checkpoint_path):
         raise FileNotFoundError(f"checkpoint {checkpoint_path}: does not exist")
@@ -305,7 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from megajepa.console import prepare
     prepare()  # no DeepSpeed accelerator warning, no transformers progress bars
     try:
         out = export(a.checkpoint, a.out_dir, dtype=a.dtype, overwrite=a.overwrite)

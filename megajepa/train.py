@@ -36,6 +36,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -44,13 +45,17 @@ import psutil
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from tqdm import tqdm
 
-from megajepa import checkpoint, config as config_mod, console, objective, schedule, stp
+from megajepa import checkpoint, config as config_mod, console, data as data_mod, objective, schedule, stp
 from megajepa.collapse import log_diagnostics
 from megajepa.ds_config import offloads_optimizer, resolve as resolve_ds, zero_stage
-from megajepa.heldout import held_out_metrics
+from megajepa.export import export
+from megajepa.heldout import final_eval, held_out_metrics
 from megajepa.layout import to_device
-from megajepa.loader import budget_steps
+from megajepa.loader import PackedLoader, budget_steps
+from megajepa.model import (apply_lora, build_model, lora_token_ids, optimize, register_lora_zero3,
+                            resize_for_tokenizer)
 from megajepa.metrics import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
 from megajepa.sigreg import ProjectionHead, jepa_sigreg
 
@@ -82,7 +87,7 @@ class JepaModule(nn.Module):
         ``zero.Init`` is partitioned only by ``deepspeed.initialize``."""
         for p in self.lm.get_output_embeddings().parameters():
             if hasattr(p, "ds_id"):
-                import deepspeed
+                import deepspeed  # loaded after console.prepare(): it prints at import
                 deepspeed.zero.register_external_parameter(self, p)
 
     def forward(self, batch, lm_denominator=None, jepa_denominator=None, micro_step=None):
@@ -186,8 +191,6 @@ def train(cfg: config_mod.Config) -> dict:
 def setup(cfg: config_mod.Config) -> Run:
     """config -> data -> model -> engine -> resume. Bad input (a missing path, data that does
     not fit the config) fails before anything is written: a first start leaves no run dir."""
-    from megajepa import data as data_mod
-
     data_mod.check_paths(cfg)
     console.prepare()
     rank, world, device = setup_distributed()
@@ -270,8 +273,6 @@ def make_loader(cfg, data, rank: int, world: int, fixed_rows: bool = False):
     """The training loader: rows of ``data.micro_batch_rows``, or ``data.micro_batch_examples``
     whole examples per micro-batch (``fixed_rows``: padded to the epoch's most rows, one
     shape for a compiled FlexAttention model)."""
-    from megajepa.loader import PackedLoader
-
     d = cfg.data
     loader = PackedLoader(
         data.train_store, seq_len=d.seq_len, micro_batch_rows=d.micro_batch_rows,
@@ -316,9 +317,7 @@ def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int, model_di
     under ``zero.Init`` for ZeRO-3; ``model.lora_rank``: LoRA adapters by peft, only they and
     the added tokens' rows train), AdamW, the LR schedule over ``total_steps`` optimizer steps,
     the engine."""
-    import deepspeed
-    from megajepa.model import (apply_lora, build_model, lora_token_ids, optimize, register_lora_zero3,
-                                resize_for_tokenizer)
+    import deepspeed  # see setup_distributed
 
     attn = attention(cfg, device)
     init_ctx = deepspeed.zero.Init(config_dict_or_path=ds_cfg) if zero_stage(ds_cfg) == 3 else None
@@ -352,8 +351,7 @@ def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int, model_di
 
 
 def _hf_zero3(ds_cfg: dict):
-    from transformers.integrations import HfDeepSpeedConfig
-
+    from transformers.integrations import HfDeepSpeedConfig  # imports deepspeed: see setup_distributed
     return HfDeepSpeedConfig(ds_cfg)
 
 
@@ -378,8 +376,7 @@ def _sigreg_head(cfg, model):
 
 
 def setup_distributed():
-    import deepspeed
-
+    import deepspeed  # loaded after console.prepare(): it prints at import
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
@@ -402,7 +399,6 @@ def setup_distributed():
 
 
 def _free_port() -> int:
-    import socket
     # Bind every address (as the rendezvous store will), not only loopback.
     with socket.socket() as s:
         s.bind(("", 0))
@@ -419,7 +415,7 @@ def make_optimizer(cfg, params, ds_cfg, device):
     o = cfg.optim
     kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
     if offloads_optimizer(ds_cfg):
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # deepspeed: see setup_distributed
         return DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
     fused = {"on": True, "off": False}.get(o.fused, device.type in ("cuda", "cpu"))
     return torch.optim.AdamW(params, fused=fused, foreach=None if fused else False, **kw)
@@ -488,7 +484,6 @@ class StopFlag:
 def _progress(run: Run):
     if not run.is_main:
         return None
-    from tqdm import tqdm
     return tqdm(total=run.total, initial=run.start, desc="train", unit="step",
                 dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
 
@@ -665,13 +660,11 @@ def _export_and_eval(run: Run, step: int) -> dict:
     out = {}
     if not run.cfg.train.export:
         return out
-    from megajepa.export import export
     export_dir = os.path.join(run.run_dir, "export")
     export(os.path.join(run.ckpt_root, checkpoint.tag_for(step)), export_dir, overwrite=True)
     out["export"] = export_dir
     console.say(f"exported Hugging Face model to {export_dir}")
     if run.cfg.train.final_eval and run.data.eval_records:
-        from megajepa.heldout import final_eval
         out["final_eval"] = final_eval(run.cfg, export_dir, run.data, run.run_dir)
     elif run.cfg.train.final_eval:
         console.say("final eval skipped: no held-out data; pass --data.eval <chat JSONL> to evaluate "
