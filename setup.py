@@ -15,7 +15,7 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6",
         "sentencepiece>=0.2",
-        "datasets>=2.19",
+        "datasets>=3.0",  # 2.x runs a hub dataset's loading script by default (docs/trust.md)
         "tensorboard>=2.15",
         "tqdm>=4.66",
         "psutil>=5.9",
@@ -28,6 +28,7 @@ setup(
         "cuda": ["triton>=3.0", "liger-kernel>=0.5"],
         "gguf": ["gguf>=0.10", "accelerate>=1.0"],  # --init-from a .gguf file (megajepa.pretrained)
         "lora": ["peft>=0.15"],  # --model.lora_rank (trainable_token_indices needs 0.15)
-        "dev": ["pytest>=8", "hypothesis>=6.100", "triton>=3.0", "peft>=0.15"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "triton>=3.0", "peft>=0.15", "gguf>=0.10",
+                "accelerate>=1.0"],
     },
 )
