@@ -32,6 +32,7 @@ Non-finite losses (reported with the step, never silently trained on):
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -47,7 +48,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from megajepa import checkpoint, config as config_mod, console, data as data_mod, objective, schedule, stp
+from megajepa import (checkpoint, config as config_mod, console, data as data_mod, objective, pretrained,
+                      schedule, stp)
 from megajepa.collapse import log_diagnostics
 from megajepa.ds_config import offloads_optimizer, resolve as resolve_ds, zero_stage
 from megajepa.export import export
@@ -307,9 +309,25 @@ def _readouts(b) -> int:
 
 
 def attention(cfg, device) -> str:
-    """``model.attn`` with ``auto`` resolved: FlexAttention on CUDA, SDPA elsewhere."""
-    return cfg.model.attn if cfg.model.attn != "auto" else (
-        "flex_attention" if device.type == "cuda" else "sdpa")
+    """``model.attn`` with ``auto`` resolved: FlexAttention on CUDA, SDPA elsewhere, eager for
+    a pretrained family that has no SDPA (Gemma-2)."""
+    if cfg.model.attn != "auto":
+        return cfg.model.attn
+    if device.type == "cuda":
+        return "flex_attention"
+    return "sdpa" if not cfg.model.init_from or _supports_sdpa(cfg.model.init_from) else "eager"
+
+
+@functools.lru_cache(maxsize=None)
+def _supports_sdpa(init_from: str) -> bool:
+    """Whether the causal-LM class of ``init_from``'s config has an SDPA attention."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = pretrained.config_of(init_from)
+        return bool(getattr(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], "_supports_sdpa", True))
+    except Exception:  # noqa: BLE001 - unreadable here: build_model says why, in one line
+        return True
 
 
 def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int, model_dir=None):

@@ -362,3 +362,19 @@ def test_single_process_train_export_every_other_family(family_dirs, tmp_path):
         assert f"FAMILY_OK {f}" in stdout
         assert len(losses(out / f / "straight")) == 3
         generates(out / f / "straight" / "export", f)
+
+
+@pytest.mark.parametrize("family,want", [("gemma2", "eager"), ("qwen2", "sdpa")])
+def test_attention_auto_on_cpu_picks_what_the_family_has(family, want, tmp_path):
+    """``model.attn auto`` on CPU: SDPA, or eager for a family without SDPA (Gemma-2)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from megajepa.train import attention
+
+    tiny_hf.family_config(family, vocab_size=64).save_pretrained(tmp_path)
+    cfg = SimpleNamespace(model=SimpleNamespace(attn="auto", init_from=str(tmp_path)))
+    assert attention(cfg, torch.device("cpu")) == want
+    assert attention(SimpleNamespace(model=SimpleNamespace(attn="auto", init_from=None)),
+                     torch.device("cpu")) == "sdpa"
