@@ -93,8 +93,9 @@ class _ExampleLayout:
 
 @dataclass
 class PackedBatch:
-    """Packed rows. Tensors are ``[rows, seq_len]`` except the JEPA indices ``[pairs]`` and
-    ``label_index`` ``[label tokens]``, flat indices into ``rows * seq_len``. ``label_index``
+    """Packed rows. Tensors are ``[rows, width]`` (``width``: ``seq_len``, or the one given to
+    :func:`pack` to cut the rows) except the JEPA indices ``[pairs]`` and ``label_index``
+    ``[label tokens]``, flat indices into ``rows * width``. ``label_index``
     (the positions whose label is not ``IGNORE_INDEX``, ascending) is built on the host with
     the rows, so the LM loss selects its positions without reading the device."""
 
