@@ -52,7 +52,7 @@ train=$OUT/train$N_TRAIN.jsonl test=$OUT/test$N_TEST.jsonl store=$OUT/store$N_TR
 commit_new() {  # one commit of the lines of $RESULTS that HEAD lacks, that file only
   [ "$COMMIT" = 1 ] && [ -f "$RESULTS" ] || return 0
   local have cells
-  have=$(git show "HEAD:$RESULTS" 2>/dev/null | wc -l)
+  have=$( (git show "HEAD:$RESULTS" 2>/dev/null || true) | wc -l)  # 0 before its first commit
   [ "$(wc -l < "$RESULTS")" -gt "$have" ] || return 0
   cells=$(tail -n +"$((have + 1))" "$RESULTS" | $PY -c \
     'import json,sys; print(", ".join("{tag}/{arm}/seed{seed}".format(**json.loads(l)) for l in sys.stdin if l.strip()))')
