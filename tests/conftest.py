@@ -76,3 +76,16 @@ def random_examples(n, seed=0, max_len=9):
 @pytest.fixture(scope="session")
 def sdpa_model():
     return tiny_model("sdpa")
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    """A 200-piece SentencePiece tokenizer (k = 2 predictor tokens) trained on generated
+    NL-RX pairs: a folder ``load_tokenizer`` and ``AutoTokenizer`` read."""
+    from data_tools import nlrx
+    from data_tools.tokenizer import train_sentencepiece
+
+    d = tmp_path_factory.mktemp("tok")
+    texts = [r[f] for r in nlrx.generate_pairs(200, seed=3) for f in ("description", "regex")]
+    train_sentencepiece(texts, str(d / "tok"), vocab_size=200, k=2)
+    return str(d / "tok")

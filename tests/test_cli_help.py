@@ -166,10 +166,21 @@ def run_help(argv):
         p = subprocess.run(argv + ["--help"], cwd=ROOT, capture_output=True, text=True,
                            timeout=60)
         return p.returncode, p.stdout + p.stderr
-    out, old_argv = io.StringIO(), sys.argv
-    target = argv[-1] if argv[1] == "-m" else os.path.join(ROOT, argv[-1])
-    sys.argv = [target, "--help"]
+    out = io.StringIO()
     code = 0
+    try:
+        run_in_process(argv, ["--help"], out)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return code, out.getvalue()
+
+
+def run_in_process(argv, args, out) -> None:
+    """Run the Python tool of ``argv`` with ``args`` in this process, as ``python -m`` or
+    ``python file`` would, its output into ``out``."""
+    old_argv = sys.argv
+    target = argv[-1] if argv[1] == "-m" else os.path.join(ROOT, argv[-1])
+    sys.argv = [target, *args]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), \
                 warnings.catch_warnings():
@@ -178,11 +189,8 @@ def run_help(argv):
                 runpy.run_module(target, run_name="__main__", alter_sys=True)
             else:
                 runpy.run_path(target, run_name="__main__")
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = old_argv
-    return code, out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -272,24 +280,15 @@ def parse_only(argv, args):
         real(self, a, namespace)
         raise _Parsed
 
-    out, old_argv = io.StringIO(), sys.argv
-    target = argv[-1] if argv[1] == "-m" else os.path.join(ROOT, argv[-1])
-    sys.argv = [target, *args]
+    out = io.StringIO()
     argparse.ArgumentParser.parse_args = parse_then_stop
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), \
-                warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
-            if argv[1] == "-m":
-                runpy.run_module(target, run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(target, run_name="__main__")
+        run_in_process(argv, args, out)
     except _Parsed:
         return None
     except SystemExit as e:
         return f"exit {e.code}: {out.getvalue().strip()[-600:]}"
     finally:
-        sys.argv = old_argv
         argparse.ArgumentParser.parse_args = real
     return f"{argv[-1]} never called parse_args: {out.getvalue()[-600:]}"
 

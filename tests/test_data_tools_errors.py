@@ -16,16 +16,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT = {"messages": [{"role": "user", "content": "lines with a vowel"}, {"role": "assistant", "content": "[AEIOUaeiou]"}]}
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    from data_tools.tokenizer import train_sentencepiece
-
-    d = tmp_path_factory.mktemp("tok")
-    texts = [r[f] for r in nlrx.generate_pairs(200, seed=3) for f in ("description", "regex")]
-    train_sentencepiece(texts, str(d / "tok"), vocab_size=200, k=2)
-    return str(d / "tok")
-
-
 def chat_lines(n):
     return [json.dumps(nlrx.chat_record(r["description"], r["regex"])).encode()
             for r in nlrx.generate_pairs(n, seed=5)]

@@ -13,16 +13,6 @@ from megajepa.data import EVAL_SOURCE, _tokenize_eval
 from megajepa.train import STOP_FILE, remove_stale_stop
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    from data_tools.tokenizer import train_sentencepiece
-
-    d = tmp_path_factory.mktemp("tok")
-    texts = [r[f] for r in nlrx.generate_pairs(200, seed=3) for f in ("description", "regex")]
-    train_sentencepiece(texts, str(d / "tok"), vocab_size=200, k=2)
-    return str(d / "tok")
-
-
 def write_eval(path, n, seed):
     path.write_text("".join(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n"
                             for r in nlrx.generate_pairs(n, seed=seed, split="test")))
