@@ -24,7 +24,8 @@ seconds, the device and the git commit.
 ``--curve-limit N`` adds the overfitting curve (the paper's Figure 5): the cell's training
 keeps a checkpoint and runs the held-out collapse eval at the end of every epoch
 (``--train.save_every``, ``--train.eval_every`` = the steps of one epoch, planned by the
-training loader; ``--train.keep_checkpoints`` = the epochs), each earlier epoch's checkpoint
+training loader; ``--train.keep_checkpoints`` = the epochs + 2, so that the stop checkpoints of
+two interruptions do not push out an epoch's), each earlier epoch's checkpoint
 is evaluated on the first N test pairs, the last epoch's point is the final eval's first N
 predictions, and the line gets ``curve``: per epoch the accuracies and that epoch's collapse
 metrics. ``--prune`` deletes a finished cell's ``checkpoints/`` once its line is written. A cell whose
@@ -204,8 +205,9 @@ def eval_argv(args, cfg, model: Path, out: Path, limit=None) -> list:
 def commands(args, flags: list, seed: int, run_dir: Path, cfg=None, spe: int = 0) -> tuple:
     """``(train argv, eval argv)`` of one cell (``spe``: steps per epoch, for the curve)."""
     cfg = cfg or cell_config(args, flags)
+    # every epoch's checkpoint, plus room for two interruptions' stop checkpoints
     curve = (["--train.save_every", str(spe), "--train.eval_every", str(spe),
-              "--train.keep_checkpoints", str(cfg.train.epochs)] if spe else [])
+              "--train.keep_checkpoints", str(cfg.train.epochs + 2)] if spe else [])
     train = shlex.split(args.launcher) + [
         str(ROOT / "pretrain.py"), "--config", args.config, "--data.train", args.store,
         "--data.eval", args.test, "--seed", str(seed), "--run-dir", str(run_dir), "--resume", "auto",
