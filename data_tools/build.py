@@ -45,7 +45,7 @@ def build_store(inputs, out_dir: str, *, tokenizer: str | None = None, vocab_siz
     if max_doc_tokens and _first_kind(inputs[0], field=field) != "lm":
         max_doc_tokens = None
     options = dict(tokenizer=tokenizer, vocab_size=vocab_size if tokenizer is None else None,
-                   k=k if tokenizer is None else None, field=field, template=template,
+                   k=k, field=field, template=template,
                    max_doc_tokens=max_doc_tokens, on_bad=on_bad)
     wanted = dict(inputs=[_fingerprint(p) for p in inputs], options=options)
     if read_json(os.path.join(out_dir, BUILD_FILE)) == wanted and os.path.isfile(os.path.join(store, "manifest.json")):
@@ -58,7 +58,7 @@ def build_store(inputs, out_dir: str, *, tokenizer: str | None = None, vocab_siz
             t = _tt.train(inputs, tokenizer, vocab_size=vocab_size, k=k, field=field, on_bad=on_bad,
                           overwrite=True, progress=False)
             tok_note = f"a new {t['vocab']}-token SentencePiece tokenizer trained on it ({tokenizer})"
-        s = _pre.preprocess(inputs, store, tokenizer=tokenizer, field=field, template=template,
+        s = _pre.preprocess(inputs, store, tokenizer=tokenizer, k=k, field=field, template=template,
                             max_doc_tokens=max_doc_tokens, on_bad=on_bad, overwrite=True, progress=False)
         _write_json(os.path.join(out_dir, BUILD_FILE), wanted)
     except BaseException:  # leave nothing half-built behind

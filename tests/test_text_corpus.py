@@ -217,6 +217,9 @@ def test_build_store_splits_only_text(text, tmp_path):
     store = open_store(path)
     assert store.kind == "pair" and len(store) == len(text["docs"]) and max(store.view_lengths) > 16
     assert "long documents split" not in what
+    # a given tokenizer gets the run's k predictor tokens too (jepa.k > the default 8)
+    path, _ = build_store(str(pairs), str(tmp_path / "p12"), tokenizer=text["tok"], k=12)
+    assert len(open_store(path).manifest["pred_ids"]) == 12
 
 
 @pytest.mark.parametrize("fault", [b'{"text": "fine"}\n{"text": "br\xffoken"}\n', b'{"text": "a"}\n{"text": "b",}\n'])
