@@ -3,7 +3,7 @@
 # and a bf16 pretrain.py smoke run (FlexAttention, fused kernels, DeepSpeed ZeRO-1 and ZeRO-3).
 # Prepare here:  bash ../shared/device/make-wheels.sh   (DeepSpeed, liger-kernel wheels in .whl/)
 # Run there:     bash scripts/gpu_checks.sh              (with carry=[".whl"]; writes to $OUT)
-# The headline measurements of docs/benchmarks.md have their own calls: scripts/gpu_bench.sh.
+# The headline measurements of docs/benchmarks.md have their own calls: scripts/bench/gpu.sh.
 set -u
 OUT=${OUT:-/tmp/gpu_checks}
 mkdir -p "$OUT"
@@ -21,8 +21,8 @@ step() {  # name, timeout, command...
   echo "== $name: exit $? in $((SECONDS - t0)) s"; tail -n 6 "$OUT/$name.log"
 }
 step pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_ops_cosine.py tests/test_ops_linear_ce.py
-step throughput 170 python3 scripts/bench_throughput.py --presets 125m,llama-3.2-1b --out "$OUT/throughput.md"
-step kernels 150 python3 scripts/bench_kernels.py --out "$OUT/kernels.md"
+step throughput 170 python3 scripts/bench/throughput.py --presets 125m,llama-3.2-1b --out "$OUT/throughput.md"
+step kernels 150 python3 scripts/bench/loss_kernels.py --out "$OUT/kernels.md"
 step pretrain_zero1 110 python3 pretrain.py --run-dir /tmp/run_z1 --preset small --steps 150 \
   --data.seq_len 512 --data.micro_batch_rows 16 --train.log_every 25 --train.eval_limit 100
 step pretrain_zero3 60 python3 pretrain.py --run-dir /tmp/run_z3 --preset 125m --steps 20 \

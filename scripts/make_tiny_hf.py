@@ -18,7 +18,7 @@ no ``<pred_i>`` tokens, like a real Hugging Face tokenizer, so the fine-tuning p
 (data_tools.preprocess) and resizes the embeddings (the trainer). The model is a randomly
 initialised 2-layer ``LlamaForCausalLM`` (seeded), or with ``--preset`` one of megajepa's
 shapes (``llama-3.2-1b``: the random-init model of the authors' ``finetune.py --pretrain``
-in scripts/bench_anchor.py). The folder loads with ``AutoModelForCausalLM.from_pretrained`` /
+in scripts/bench/anchor.py). The folder loads with ``AutoModelForCausalLM.from_pretrained`` /
 ``AutoTokenizer.from_pretrained``; ``--config-only`` writes no weights (enough for
 ``AutoModelForCausalLM.from_config``, i.e. a from-scratch run).
 """

@@ -24,8 +24,9 @@ DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
 def load_script(name: str):
-    """``scripts/<name>.py`` imported as a module (scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    """``scripts/<name>.py`` imported as a module (scripts are not a package); ``name`` may
+    start with a subfolder (``"bench/trainer"``: module ``bench_trainer``)."""
+    spec = importlib.util.spec_from_file_location(name.replace("/", "_"), ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

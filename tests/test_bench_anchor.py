@@ -1,4 +1,4 @@
-"""scripts/bench_anchor.py (authors' finetune.py vs pretrain.py, one epoch) and the
+"""scripts/bench/anchor.py (authors' finetune.py vs pretrain.py, one epoch) and the
 Hugging Face folder of scripts/make_tiny_hf.py --preset, checked on CPU.
 
 The flags we pass the authors' script must exist in its argparse (read from its source), our
@@ -17,7 +17,7 @@ from conftest import load_script
 ROOT = Path(__file__).resolve().parents[1]
 
 
-ba = load_script("bench_anchor")
+ba = load_script("bench/anchor")
 FLAGS = ["--train_file", "--model_name", "--output_dir", "--pretrain", "--predictors", "--lbd",
          "--last_token", "--num_epochs", "--batch_size", "--grad_accum", "--max_length",
          "--learning_rate", "--finetune_seed", "--eval_steps", "--additive_mask"]
@@ -174,7 +174,7 @@ def test_their_model_folder_is_read_by_transformers_4(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (ANCHOR_SITE and AUTHORS.exists()),
-                    reason="needs scripts/gpu_prepare_anchor.sh and MEGAJEPA_ANCHOR_SITE (their "
+                    reason="needs scripts/bench/prepare_anchor.sh and MEGAJEPA_ANCHOR_SITE (their "
                            "pinned packages, pip install --target)")
 def test_cpu_check_runs_their_code_and_ours(tmp_path):
     data = _chat_jsonl(tmp_path / "train.jsonl", 40)

@@ -1,4 +1,4 @@
-"""scripts/bench_layouts.py counts what the packer and the objective really compute.
+"""scripts/bench/layouts.py counts what the packer and the objective really compute.
 
 The token/row formulas of the benchmark are checked against ``pack()``'s stats and against
 the tokens the objective's forwards actually run (single pass and the three-pass oracle);
@@ -16,7 +16,7 @@ from megajepa.layout import Example, pack
 from conftest import PAD, PRED_IDS, load_script, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-bl = load_script("bench_layouts")
+bl = load_script("bench/layouts")
 
 K = 3
 

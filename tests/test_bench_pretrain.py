@@ -1,4 +1,4 @@
-"""scripts/bench_pretrain.py and scripts/bench_report.py, the GPU session's pretrain.py
+"""scripts/bench/pretrain.py and scripts/bench/report.py, the GPU session's pretrain.py
 benchmark and headline table, checked on CPU so that the GPU call finds no typo.
 
 The synthetic store must be what the loader and pretrain.py read (the design bound is
@@ -15,8 +15,8 @@ from conftest import load_script
 ROOT = Path(__file__).resolve().parents[1]
 
 
-bp = load_script("bench_pretrain")
-br = load_script("bench_report")
+bp = load_script("bench/pretrain")
+br = load_script("bench/report")
 
 
 def test_store_is_what_the_loader_reads_and_the_bound_counts_it(tmp_path):

@@ -1,4 +1,4 @@
-"""scripts/bench_trainer.py (pretrain.py against the Hugging Face Trainer) at a tiny size.
+"""scripts/bench/trainer.py (pretrain.py against the Hugging Face Trainer) at a tiny size.
 
 The arms must compare like with like: the Trainer and pretrain.py's next-token run take the
 same examples per step from the same weights, so their first losses are the same objective
@@ -10,8 +10,8 @@ import json
 import pytest
 from conftest import load_script
 
-bt = load_script("bench_trainer")
-bh = load_script("bench_harness")
+bt = load_script("bench/trainer")
+bh = load_script("bench/harness")
 
 
 def test_arms_parse_and_bad_arms_are_one_line():

@@ -41,7 +41,7 @@ def tool_argv(tokens):
             if mod.split(".")[0] not in ("megajepa", "data_tools"):
                 return None  # pip, pytest, ...
             return mod, [sys.executable, "-m", mod], tokens[i + 2:]
-        if re.fullmatch(r"(scripts/)?[\w-]+\.(py|sh)", t):
+        if re.fullmatch(r"(scripts/([\w-]+/)?)?[\w-]+\.(py|sh)", t):
             argv = ["bash", t] if t.endswith(".sh") else [sys.executable, t]
             return t, argv, tokens[i + 1:]
     return None
@@ -247,16 +247,17 @@ def test_pretrain_help_lists_every_config_field_with_its_default(helps):
 
 
 # A wrapper that hands its whole command line to another program (no parser of its own).
-PASSTHROUGH = {"gpu_anchor_launch.py"}
+PASSTHROUGH = {"anchor_launch.py"}
 
 
-@pytest.mark.parametrize("script", sorted(os.path.basename(p) for p in
-                                          glob.glob(os.path.join(ROOT, "scripts", "*.py"))))
+@pytest.mark.parametrize("script", sorted(
+    os.path.relpath(p, os.path.join(ROOT, "scripts")) for pattern in ("*.py", "*/*.py")
+    for p in glob.glob(os.path.join(ROOT, "scripts", pattern)) if not os.path.basename(p).startswith("_")))
 def test_every_script_answers_help_without_running(script):
     """``--help`` prints usage and exits 0 at once (a script without a parser would start its
     benchmark); a pass-through wrapper refuses it in one line instead."""
     code, text = run_help([sys.executable, f"scripts/{script}"])
-    if script in PASSTHROUGH:
+    if os.path.basename(script) in PASSTHROUGH:
         assert code == 2 and text.strip().startswith("error:") and len(text.strip().splitlines()) == 1, text
         return
     assert code == 0 and text.lstrip().startswith("usage:"), f"{script} --help exited {code}:\n{text[-1500:]}"

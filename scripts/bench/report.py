@@ -1,7 +1,7 @@
 """The headline rows of docs/benchmarks.md from the GPU benchmark outputs.
 
-Reads every ``pretrain.json`` (scripts/bench_pretrain.py) and ``anchor*.json``
-(scripts/bench_anchor.py) under the given folders (the ``files_at`` of the device calls, or
+Reads every ``pretrain.json`` (scripts/bench/pretrain.py) and ``anchor*.json``
+(scripts/bench/anchor.py) under the given folders (the ``files_at`` of the device calls, or
 unpacked ``*-logs.tgz``) and prints the five rows
 
     | figure | value | device | date | command |
@@ -10,7 +10,7 @@ with ``not measured (<why>)`` where an output is missing or a run failed, so the
 pasted as is. The anchor's runs may come from two calls (``anchor three`` and
 ``anchor additive,ours``); their devices are shown when they differ.
 
-    python scripts/bench_report.py <output folder of call 1> <output folder of call 2> ...
+    python scripts/bench/report.py <output folder of call 1> <output folder of call 2> ...
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ FIGURES = (
     "peak memory GiB pretrain.py llama-3.2-1b seq 4096",
 )
 COMMANDS = {
-    "pretrain": "`bash scripts/gpu_bench.sh pretrain` (scripts/bench_pretrain.py)",
-    "anchor": "`bash scripts/gpu_bench.sh anchor three` + `... anchor additive,ours` "
-              "(scripts/bench_anchor.py)",
+    "pretrain": "`bash scripts/bench/gpu.sh pretrain` (scripts/bench/pretrain.py)",
+    "anchor": "`bash scripts/bench/gpu.sh anchor three` + `... anchor additive,ours` "
+              "(scripts/bench/anchor.py)",
 }
 
 

@@ -48,7 +48,7 @@ the same update as the single-tensor one).
 
     python scripts/make_tiny_hf.py --data data.jsonl --preset tiny --out /tmp/tiny_hf
     python -m data_tools.preprocess data.jsonl --tokenizer /tmp/tiny_hf --template chat --out /tmp/tiny_store
-    python scripts/bench_trainer.py --model /tmp/tiny_hf --store /tmp/tiny_store --out /tmp/bt
+    python scripts/bench/trainer.py --model /tmp/tiny_hf --store /tmp/tiny_store --out /tmp/bt
 """
 from __future__ import annotations
 
@@ -63,11 +63,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_harness import Timers, device_name, spread  # noqa: E402
-from bench_pretrain import read_metrics, tail  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from bench.harness import Timers, device_name, spread  # noqa: E402
+from bench.pretrain import read_metrics, tail  # noqa: E402
 from megajepa.cli import HelpFormatter, child_env, positive_int  # noqa: E402
 from megajepa.stats import markdown_table  # noqa: E402
 
@@ -583,7 +582,7 @@ def main(argv=None) -> int:
     optimizers = None
     if a.optimizers:
         print("== optimizers", flush=True)
-        code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import bench_trainer as b; "
+        code = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); from bench import trainer as b; "
                 f"print('RESULT', json.dumps(b.optimizer_bench({model_dir!r}, {a.threads})))")
         p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                            env=dict(child_env(), OMP_NUM_THREADS=str(a.threads)), timeout=a.timeout)
@@ -596,7 +595,7 @@ def main(argv=None) -> int:
                warmup=a.warmup, steps=a.steps, rounds=a.rounds, seq_len=a.seq_len, k=a.k,
                mean_text=float(t.mean()), mean_code=float(c.mean()),
                tokens_per_step=float(np.mean(tokens_per_step[a.warmup:])),
-               command="python scripts/bench_trainer.py " + " ".join(argv),
+               command="python scripts/bench/trainer.py " + " ".join(argv),
                summary=summary, optimizers=optimizers, results=results)
     (out / "trainer.json").write_text(json.dumps(rep, indent=1, default=float))
     md = markdown(rep)

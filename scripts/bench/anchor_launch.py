@@ -5,7 +5,7 @@ Their ``--pretrain`` path calls ``torch.distributed.get_rank()``, which needs a 
 but the script creates one only when ``WORLD_SIZE > 1`` (their runs use ``torchrun`` on 8
 GPUs). This launcher creates a world of one and runs the script as ``__main__``:
 
-    python scripts/gpu_anchor_launch.py third_party/llm-jepa/finetune.py --train_file ... --pretrain
+    python scripts/bench/anchor_launch.py third_party/llm-jepa/finetune.py --train_file ... --pretrain
 
 and prints ``anchor_wall_s=<seconds>`` for the whole run (model set-up, tokenization,
 training, saving); the Trainer prints its own ``train_runtime`` for the training loop.

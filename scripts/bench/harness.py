@@ -5,7 +5,7 @@ wall-clock timers wrapped around a function without changing what it does.
     spread(xs)           median, quartiles, min, max of a list of times
     Timers().wrap(owner, "name", "label")    every call of owner.name appends (label, t0, t1)
 
-    python scripts/bench_harness.py      prints this machine's device line
+    python scripts/bench/harness.py      prints this machine's device line
 """
 from __future__ import annotations
 

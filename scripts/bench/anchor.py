@@ -22,24 +22,24 @@ process start-up (imports, model init, tokenization) excluded: their Trainer's
 ``train_runtime``; ours the sum of pretrain.py's logged windows plus its final save (from its
 log). Whole-process wall times are reported too.
 
-The GPU machine has no internet: ``bash scripts/gpu_prepare_anchor.sh`` puts their
+The GPU machine has no internet: ``bash scripts/bench/prepare_anchor.sh`` puts their
 finetune.py, the data and the wheels of their pinned stack (transformers 4.55, peft 0.17)
-under the git-ignored ``third_party/``; ``bash scripts/gpu_bench.sh anchor`` runs this.
+under the git-ignored ``third_party/``; ``bash scripts/bench/gpu.sh anchor`` runs this.
 
 ``--model <HF folder>`` fine-tunes a real model instead (their finetune.py without
 ``--pretrain``, loading it in bf16 as their code does; ours ``--init-from``, a store made with
 its tokenizer and chat template, ``data.micro_batch_examples`` = their batch x accumulation,
 one epoch). SmolLM2-135M-Instruct on the CPU, 200 pairs, one thread, both in bf16
 (docs/benchmarks.md, "CPU: the authors' code beside ours"):
-    OMP_NUM_THREADS=1 python scripts/bench_anchor.py --cpu-check --model models/smollm2-135m-instruct \
+    OMP_NUM_THREADS=1 python scripts/bench/anchor.py --cpu-check --model models/smollm2-135m-instruct \
         --anchor-site <site> --out runs/anchor_smollm2 --examples 200 --batch-size 8 --grad-accum 1 \
         --max-length 96 --seq-len 256 --k 1 --lbd 1 --lr 1e-4 --last-token -2 --log-every 5 \
         --timeout 3000 --extra "--train.precision bf16 --train.ds_config ds_configs/zero0.json"
 
-CPU check (tiny model, their code through scripts/gpu_anchor_launch.py --cpu-check; their
+CPU check (tiny model, their code through scripts/bench/anchor_launch.py --cpu-check; their
 packages installed with pip install --target <site> third_party/wheels/*.whl, plus httpx on a
 machine without it):
-    python scripts/bench_anchor.py --cpu-check --anchor-site <site> --out /tmp/anchor \
+    python scripts/bench/anchor.py --cpu-check --anchor-site <site> --out /tmp/anchor \
         --examples 40 --batch-size 4 --grad-accum 2 --max-length 64 --seq-len 512
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("three", "additive", "ours")
@@ -259,7 +259,7 @@ def build_parser():
     p.add_argument("--extra", default="", help="more pretrain.py flags, one string")
     p.add_argument("--timeout", type=float, default=560, help="seconds per run")
     p.add_argument("--cpu-check", action="store_true",
-                   help="tiny model on CPU (their code via gpu_anchor_launch.py --cpu-check)")
+                   help="tiny model on CPU (their code via scripts/bench/anchor_launch.py --cpu-check)")
     p.add_argument("--dry-run", action="store_true", help="check flags and print the commands")
     return p
 
@@ -280,10 +280,10 @@ def main(argv=None) -> int:
         if not variants or set(variants) - set(VARIANTS):
             raise ValueError(f"--variants {a.variants!r}: a subset of {','.join(VARIANTS)}")
         if not os.path.isfile(a.data):
-            raise ValueError(f"--data {a.data}: no such file (scripts/gpu_prepare_anchor.sh)")
+            raise ValueError(f"--data {a.data}: no such file (scripts/bench/prepare_anchor.sh)")
         if {"three", "additive"} & set(variants):
             if not os.path.isfile(a.authors):
-                raise ValueError(f"--authors {a.authors}: no such file (scripts/gpu_prepare_anchor.sh)")
+                raise ValueError(f"--authors {a.authors}: no such file (scripts/bench/prepare_anchor.sh)")
             check_flags(a, authors_flags(a.authors))
         config_mod.load(ours_argv(a, str(out / "store"), str(out / "ours"), 1, 1))
     except SystemExit as e:
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    launch = [sys.executable, str(ROOT / "scripts" / "gpu_anchor_launch.py"), os.path.abspath(a.authors)]
+    launch = [sys.executable, str(ROOT / "scripts" / "bench" / "anchor_launch.py"), os.path.abspath(a.authors)]
     if a.cpu_check:
         launch.append("--cpu-check")
     if a.dry_run:
@@ -340,9 +340,9 @@ def main(argv=None) -> int:
                model=os.path.basename(a.model) if a.model else None, preset=None if a.model else a.preset,
                threads=os.environ.get("OMP_NUM_THREADS"), cores=os.cpu_count(),
                examples=n, k=a.k, lbd=a.lbd, runs=results,
-               command="python scripts/bench_anchor.py " + " ".join(argv or sys.argv[1:]))
+               command="python scripts/bench/anchor.py " + " ".join(argv or sys.argv[1:]))
     stem = out / "anchor"
-    if "ours" not in variants:  # a split run (scripts/gpu_bench.sh anchor three): its own file
+    if "ours" not in variants:  # a split run (scripts/bench/gpu.sh anchor three): its own file
         stem = out / f"anchor_{'_'.join(variants)}"
     stem.with_suffix(".json").write_text(json.dumps(rep, indent=2))
     print(json.dumps(rep, indent=2))

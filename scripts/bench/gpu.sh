@@ -3,20 +3,20 @@
 # a call and leaves its tables in $OUT; docs/benchmarks.md says which figure comes from which).
 #
 # Prepare here:  bash ../shared/device/make-wheels.sh             DeepSpeed, liger-kernel -> .whl/
-#                bash scripts/gpu_prepare_anchor.sh <llm-jepa> <nlrx_synth_train.jsonl>   (anchor)
-# Run there:     bash scripts/gpu_bench.sh pretrain                carry=[".whl"]
-#                bash scripts/gpu_bench.sh speed                   carry=[".whl"]
-#                bash scripts/gpu_bench.sh anchor three            carry=[".whl", "third_party"]
-#                bash scripts/gpu_bench.sh anchor additive,ours    carry=[".whl", "third_party"]
-#                bash scripts/gpu_bench.sh tests                   carry=[".whl"]
-#                bash scripts/gpu_bench.sh stp                     carry=[".whl"]  (STP / next-token at 125m)
-# Then here:     python scripts/bench_report.py <files_at of each call> ...   (the headline rows)
+#                bash scripts/bench/prepare_anchor.sh <llm-jepa> <nlrx_synth_train.jsonl>   (anchor)
+# Run there:     bash scripts/bench/gpu.sh pretrain                carry=[".whl"]
+#                bash scripts/bench/gpu.sh speed                   carry=[".whl"]
+#                bash scripts/bench/gpu.sh anchor three            carry=[".whl", "third_party"]
+#                bash scripts/bench/gpu.sh anchor additive,ours    carry=[".whl", "third_party"]
+#                bash scripts/bench/gpu.sh tests                   carry=[".whl"]
+#                bash scripts/bench/gpu.sh stp                     carry=[".whl"]  (STP / next-token at 125m)
+# Then here:     python scripts/bench/report.py <files_at of each call> ...   (the headline rows)
 # Extra arguments go to the kind's script (e.g. `pretrain --rows llama-3.2-3b=1x4`); on a CPU the
 # pretrain and speed kinds run at a tiny size with the arguments in their scripts' docstrings.
 set -u
 kind=${1:-}
 case $kind in pretrain|speed|anchor|tests|stp) shift ;; *)
-  echo "usage: bash scripts/gpu_bench.sh pretrain|speed|anchor [three,additive,ours]|tests|stp [args]" >&2
+  echo "usage: bash scripts/bench/gpu.sh pretrain|speed|anchor [three,additive,ours]|tests|stp [args]" >&2
   exit 2 ;;
 esac
 OUT=${OUT:-/tmp/gpu_bench_out}
@@ -36,10 +36,10 @@ logs() {  # the runs' logs and metrics in one small archive (no stores, no check
 }
 case $kind in
   pretrain)
-    timeout 560 python3 scripts/bench_pretrain.py --out "$work" "$@"; rc=$?
+    timeout 560 python3 scripts/bench/pretrain.py --out "$work" "$@"; rc=$?
     cp "$work"/pretrain.md "$work"/pretrain.json "$OUT"/ 2>/dev/null ;;
   speed)
-    timeout 560 python3 scripts/bench_throughput.py --presets llama-3.2-1b --variants lm,single \
+    timeout 560 python3 scripts/bench/throughput.py --presets llama-3.2-1b --variants lm,single \
       --options off,liger,layers,model --out "$work/speed.md" "$@"; rc=$?
     cp "$work"/speed.md "$work"/speed.json "$OUT"/ 2>/dev/null ;;
   anchor)
@@ -47,11 +47,11 @@ case $kind in
     [ $# -gt 0 ] && shift
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site_anchor third_party/wheels/*.whl || exit 1
-    timeout 570 python3 scripts/bench_anchor.py --out "$work" --variants "$variants" \
+    timeout 570 python3 scripts/bench/anchor.py --out "$work" --variants "$variants" \
       --anchor-site /tmp/site_anchor "$@"; rc=$?
     cp "$work"/anchor*.json "$OUT"/ 2>/dev/null ;;
   stp)
-    timeout 560 python3 scripts/bench_stp.py --presets 125m --device cuda --reps 20 --out "$work/stp.md" "$@"; rc=$?
+    timeout 560 python3 scripts/bench/stp.py --presets 125m --device cuda --reps 20 --out "$work/stp.md" "$@"; rc=$?
     cp "$work"/stp.md "$OUT"/ 2>/dev/null ;;
   tests)
     timeout 500 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ "$@" 2>&1 | tee "$work/pytest.log"

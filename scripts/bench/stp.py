@@ -22,13 +22,13 @@ the device, the spans are drawn on the host and copied with the batch (as the tr
 and every timing is closed by ``torch.cuda.synchronize()``; the STP loss runs the fused Triton
 kernels. The 125m ratio of issue 11::
 
-    python scripts/bench_stp.py --presets 125m --device cuda --reps 20
+    python scripts/bench/stp.py --presets 125m --device cuda --reps 20
 
 Data: a chat-messages JSONL (pairs, as NL-RX-SYNTH) or any file data_tools reads, or, with no
 ``--data``, pairs from the embedded NL-RX generator; a SentencePiece tokenizer is trained on it
 in a temporary directory.
 
-    python scripts/bench_stp.py --presets tiny,small --reps 20
+    python scripts/bench/stp.py --presets tiny,small --reps 20
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from megajepa import stp  # noqa: E402
 from megajepa.layout import Example, pack, plan_rows  # noqa: E402
 from megajepa.stats import markdown_table  # noqa: E402

@@ -16,16 +16,16 @@ wall time (pretrain.py's ``tflops`` x ``step_time_s`` per window):
     design bound   sum(|T| + 2|C| + k) / sum(|T| + |C|) over the store's examples
 
 Data: a store of ``pair`` examples with uniformly random token ids (text 40-400 tokens, code
-20-200, the instruction-data shape of scripts/bench_throughput.py) and a word-level
+20-200, the instruction-data shape of scripts/bench/throughput.py) and a word-level
 tokenizer of ``--vocab`` ids (default 128,256: the Llama-3 vocabulary, so the presets have
 their published sizes). Random ids cost the model exactly what real text of those lengths
 costs. Once the last logged step is in metrics.jsonl the run is stopped: the final
 checkpoint (45 GB at 3B) is not part of the measurement.
 
-GPU (one call, scripts/gpu_bench.sh pretrain):
-    python scripts/bench_pretrain.py --out $OUT/pretrain
+GPU (one call, scripts/bench/gpu.sh pretrain):
+    python scripts/bench/pretrain.py --out $OUT/pretrain
 CPU check at a tiny size (seconds; what tests/test_bench_pretrain.py runs):
-    python scripts/bench_pretrain.py --presets tiny --seq-len 256 --rows tiny=2 --steps 6 \
+    python scripts/bench/pretrain.py --presets tiny --seq-len 256 --rows tiny=2 --steps 6 \
         --warmup 2 --log-every 2 --vocab 300 --examples 300 --out /tmp/bp
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<sep>"]
@@ -84,7 +84,7 @@ def make_store(path: str, *, examples: int, vocab: int, text_len=(40, 400), code
             t, c = rng.integers(text_len[0], text_len[1] + 1), rng.integers(code_len[0], code_len[1] + 1)
             w.add([[2] + rng.integers(first, vocab, t - 2).tolist() + [4],
                    rng.integers(first, vocab, c - 1).tolist() + [3]])
-        w.commit(dict(source=dict(generator="scripts/bench_pretrain.py", seed=seed,
+        w.commit(dict(source=dict(generator="scripts/bench/pretrain.py", seed=seed,
                                   text_len=list(text_len), code_len=list(code_len)),
                       tokenizer=dict(source="word-level", vocab_size=len(tok)),
                       pred_ids=pred_ids(tok), special_ids=special_ids(tok)), tokenizer=tok)
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
     report = dict(device=device_name(), date=time.strftime("%Y-%m-%d"), seq_len=a.seq_len,
                   k=a.k, vocab=a.vocab, store=dict(examples=n, text_len=text_len, code_len=code_len),
                   design=bound, runs=results, ratios=ratios(results),
-                  command="python scripts/bench_pretrain.py " + " ".join(argv or sys.argv[1:]))
+                  command="python scripts/bench/pretrain.py " + " ".join(argv or sys.argv[1:]))
     (out / "pretrain.json").write_text(json.dumps(report, indent=2))
     (out / "pretrain.md").write_text(markdown(report))
     print(markdown(report))

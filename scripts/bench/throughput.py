@@ -15,10 +15,10 @@ repetitions is reported. ``--options`` repeats everything per speed setting of
 checkpointing), combined with ``+`` (``layers+ckpt``). MFU counts useful FLOPs only (megajepa.metrics.FlopCounter: real
 tokens, labelled positions, attended (q, kv) pairs) against the device's dense bf16 peak.
 
-GPU:  python scripts/bench_throughput.py --presets 125m,llama-3.2-1b --out runs/throughput.md
-      python scripts/bench_throughput.py --presets llama-3.2-1b --variants lm,single \
+GPU:  python scripts/bench/throughput.py --presets 125m,llama-3.2-1b --out runs/throughput.md
+      python scripts/bench/throughput.py --presets llama-3.2-1b --variants lm,single \
           --options off,liger,layers,model --out runs/speed.md
-CPU:  python scripts/bench_throughput.py --presets tiny --seq-len 512 --rows 2 --reps 3 --out /tmp/t.md
+CPU:  python scripts/bench/throughput.py --presets tiny --seq-len 512 --rows 2 --reps 3 --out /tmp/t.md
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from megajepa import Example, forward, pack  # noqa: E402
 from megajepa.layout import example_cost  # noqa: E402
 from megajepa.metrics import FlopCounter, attended_pairs, device_peak_tflops  # noqa: E402

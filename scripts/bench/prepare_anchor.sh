@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Here, before the device call of the anchor benchmark (the GPU machine has no internet):
-# puts under the git-ignored third_party/ what scripts/bench_anchor.py needs there
+# puts under the git-ignored third_party/ what scripts/bench/anchor.py needs there
 #   third_party/llm-jepa/finetune.py, LICENSE   the authors' code (github galilai-group/llm-jepa)
 #   third_party/data/nlrx_synth_train.jsonl     NL-RX-SYNTH, the training split
 #   third_party/wheels/                         their pinned stack: transformers 4.55.2 (their
 #                                               setup.sh; 5.x removed arguments they use), peft
 #                                               0.17.0, and what those need beside the GPU image
-# Use: bash scripts/gpu_prepare_anchor.sh <llm-jepa: git dir, checkout or URL> <nlrx_synth_train.jsonl>
+# Use: bash scripts/bench/prepare_anchor.sh <llm-jepa: git dir, checkout or URL> <nlrx_synth_train.jsonl>
 # then carry=[".whl", "third_party"] in the device call (about 18 MB).
 set -euo pipefail
 src=${1:?usage: $0 <llm-jepa git dir, checkout or URL> <nlrx_synth_train.jsonl>}

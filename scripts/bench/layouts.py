@@ -31,7 +31,7 @@ All variants use the same examples: the first examples of the file that fill --t
 rows of (b) at --time-seq-len. Every variant's loss is checked against (b)'s (they compute
 the same objective; (a) only its next-token part).
 
-    python scripts/bench_layouts.py --out runs/layouts.md
+    python scripts/bench/layouts.py --out runs/layouts.md
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from megajepa.layout import Example, layout_cost, pack, plan_rows  # noqa: E402
 from megajepa.stats import markdown_table  # noqa: E402
 

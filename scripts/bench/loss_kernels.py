@@ -15,9 +15,9 @@
    was allocated before; includes d_hidden and d_weight, the same for all).
 
 GPU (default sizes, one H100/H200, about 2 minutes):
-    python scripts/bench_kernels.py --out runs/kernels.md
+    python scripts/bench/loss_kernels.py --out runs/kernels.md
 CPU (tiny sizes, Triton interpreter or the PyTorch fallback; not GPU numbers):
-    python scripts/bench_kernels.py --quick --out runs/kernels_cpu.md
+    python scripts/bench/loss_kernels.py --quick --out runs/kernels_cpu.md
 Writes Markdown to --out and the same results as JSON beside it (.json). Needs torch; triton
 and liger-kernel are used when installed. No DeepSpeed.
 """
@@ -39,7 +39,7 @@ CUDA = torch.cuda.is_available()
 if not CUDA:  # on CPU the kernel can only run in Triton's interpreter; set before triton loads
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from megajepa.ops import COSINE_EPS, cosine_loss, linear_cross_entropy, liger_available, triton_available  # noqa: E402
 
 MiB = 2**20

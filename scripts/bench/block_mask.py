@@ -4,8 +4,8 @@ same packed rows (pair examples, text 40-400 and code 20-200 random tokens, k = 
 fill 7 rows of 4096). Median of --reps timed calls after one warm-up; on CUDA every call is
 closed by torch.cuda.synchronize().
 
-    python scripts/bench_block_mask.py                 # on the GPU (docs/benchmarks.md)
-    python scripts/bench_block_mask.py --device cpu --reps 3
+    python scripts/bench/block_mask.py                 # on the GPU (docs/benchmarks.md)
+    python scripts/bench/block_mask.py --device cpu --reps 3
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from megajepa.cli import HelpFormatter, positive_int  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python scripts/bench_block_mask.py",
+    p = argparse.ArgumentParser(prog="python scripts/bench/block_mask.py",
                                 description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda or cpu")
     p.add_argument("--seq-len", type=positive_int, default=4096, help="packed row length")
