@@ -4,10 +4,11 @@ diagnostics (every ``train.eval_every`` steps), and the final generation eval.
 * :func:`held_out_metrics` (collective, every rank): LM/JEPA losses of the first
   ``max_batches`` packed micro-batches of ``data.eval_store`` per rank, normalized by the
   global label-token / pair counts; the collapse metrics of the JEPA read-outs of the same
-  batches, laid out as training reads them (``jepa.k``, ``jepa.read_at``;
-  :func:`megajepa.collapse.collapse_metrics`: paired and shuffled cosine, effective ranks);
-  and ``Enc(Text)`` / ``Enc(Code)`` diagnostics (:func:`megajepa.collapse.diagnostics`), on
-  rank 0. The eval loader is built at the first eval and rewound at each later one, so every
+  forwards (the engine returns their hidden states), laid out as training reads them
+  (``jepa.k``, ``jepa.read_at``; :func:`megajepa.collapse.collapse_metrics`: paired and
+  shuffled cosine, effective ranks); and ``Enc(Text)`` / ``Enc(Code)`` diagnostics
+  (:func:`megajepa.collapse.diagnostics`) from one more forward of the same examples in the
+  k = 0 layout, on rank 0. The eval loader is built at the first eval and rewound at each later one, so every
   eval sees the same batches.
 * :func:`final_eval` (rank 0): greedy generation with the exported Hugging Face model on the
   held-out chat records, written to ``<run_dir>/final_eval.json``.
@@ -22,13 +23,13 @@ import torch
 import torch.distributed as dist
 
 from megajepa import stp
-from megajepa.collapse import METRICS, batch_readouts, collapse_metrics, diagnostics
+from megajepa.collapse import METRICS, collapse_metrics, diagnostics
 from megajepa.config import stp_spec
 from megajepa.console import say
 from megajepa.data import RunData
 from megajepa.eval import evaluate
 from megajepa.eval.run import load_model
-from megajepa.layout import pack
+from megajepa.layout import pack, to_device
 from megajepa.loader import PackedLoader
 from megajepa.objective import hidden_states, jepa_count
 
@@ -48,13 +49,13 @@ def held_out_metrics(engine, cfg, data: RunData, rank: int, world: int, device,
         b = next(loader)
         if j.objective == "stp":  # the same spans at every eval: seed 0
             stp.attach(b, stp_spec(j), seed=0)
-        _, lm, jl, _, _ = engine(b, lm_denominator=1.0, jepa_denominator=1.0)
+        _, lm, jl, _, _, h = engine(b, lm_denominator=1.0, jepa_denominator=1.0, return_hidden=True)
         sums += torch.stack([lm.double(), torch.tensor(float(b.num_label_tokens), device=device),
                              jl.double(), torch.tensor(jepa_count(b, j.objective), device=device)])
         if j.objective == "views":  # the rows the JEPA loss compares (lambda 0: untrained <pred>)
-            p, t = batch_readouts(engine.module.lm, b)
-            preds.append(p)
-            targets.append(t)
+            flat = h.reshape(-1, h.shape[-1]).float()
+            preds.append(flat.index_select(0, to_device(b.pred_index, flat.device)))
+            targets.append(flat.index_select(0, to_device(b.target_index, flat.device)))
         # Enc(Text) and Enc(Code): the k = 0 layout reads the last text token and the code.
         examples = [data.eval_store.example(i) for row in loader.rows_of(0, loader.cursor - 1)
                     for i in row]

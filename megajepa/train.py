@@ -92,11 +92,14 @@ class JepaModule(nn.Module):
                 import deepspeed  # loaded after console.prepare(): it prints at import
                 deepspeed.zero.register_external_parameter(self, p)
 
-    def forward(self, batch, lm_denominator=None, jepa_denominator=None, micro_step=None):
-        """``(loss, lm_loss, jepa_loss, cosine, sigreg)``. With ``jepa.sigreg > 0`` and a
-        ``micro_step`` (training; it seeds the directions) the loss adds ``sigreg * SIGReg``
-        of the read-outs: a collective, so every rank calls it at every micro-step, also
-        with no pairs of its own; held-out forwards (no ``micro_step``) leave it out."""
+    def forward(self, batch, lm_denominator=None, jepa_denominator=None, micro_step=None,
+                return_hidden=False):
+        """``(loss, lm_loss, jepa_loss, cosine, sigreg)``, and the last hidden states
+        ``[rows, seq_len, dim]`` after them with ``return_hidden`` (the held-out read-outs).
+        With ``jepa.sigreg > 0`` and a ``micro_step`` (training; it seeds the directions) the
+        loss adds ``sigreg * SIGReg`` of the read-outs: a collective, so every rank calls it at
+        every micro-step, also with no pairs of its own; held-out forwards (no ``micro_step``)
+        leave it out."""
         j = self.jepa
         regularize = j.sigreg > 0 and micro_step is not None
         out = objective.forward(
@@ -104,7 +107,7 @@ class JepaModule(nn.Module):
             stopgrad_target=j.stopgrad_target, temperature=j.temperature,
             lm_denominator=lm_denominator, jepa_denominator=jepa_denominator,
             ce_chunk_size=j.ce_chunk_size, kernels=j.kernels, objective=j.objective,
-            stp_predictor=self.stp_predictor, return_hidden=regularize)
+            stp_predictor=self.stp_predictor, return_hidden=regularize or return_hidden)
         loss, reg = out.loss, torch.zeros((), device=out.loss.device)
         if regularize:
             flat = out.hidden.reshape(-1, out.hidden.shape[-1])
@@ -114,7 +117,8 @@ class JepaModule(nn.Module):
                               num_points=j.sigreg_points, seed=self.seed)
             loss = loss + j.sigreg * reg
         # A tuple of tensors: DeepSpeed hooks module outputs it can traverse.
-        return loss, out.lm_loss.detach(), out.jepa_loss.detach(), out.cosine, reg.detach()
+        outputs = (loss, out.lm_loss.detach(), out.jepa_loss.detach(), out.cosine, reg.detach())
+        return outputs + (out.hidden,) if return_hidden else outputs
 
 
 @dataclass
@@ -365,7 +369,34 @@ def make_engine(cfg, tokenizer, ds_cfg: dict, device, total_steps: int, model_di
     engine, _, _, scheduler = deepspeed.initialize(
         model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
     module.register_head()
+    if skips_allreduce(engine, ds_cfg):
+        engine.enable_backward_allreduce = False
+        log.info("one data-parallel rank under ZeRO-0: DeepSpeed's gradient all-reduce skipped (the identity)")
+    keep_clip_norm(engine)
     return engine, scheduler
+
+
+def keep_clip_norm(engine) -> None:
+    """Outside a ZeRO or bf16 optimizer (ZeRO-0 in fp32) DeepSpeed clips the gradients with
+    :func:`deepspeed.runtime.utils.clip_grad_norm_` and drops the norm it returns, so
+    ``get_global_grad_norm`` (the logged ``grad_norm``) would stay None: the same call, its
+    norm kept where that method reads it (on the device; read at the loop's read points)."""
+    from deepspeed.runtime.utils import clip_grad_norm_  # deepspeed: see setup_distributed
+
+    def clip_fp32_gradients():
+        engine._global_grad_norm = clip_grad_norm_(
+            parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+
+    engine.clip_fp32_gradients = clip_fp32_gradients
+
+
+def skips_allreduce(engine, ds_cfg: dict) -> bool:
+    """ZeRO-0 on one data-parallel rank: DeepSpeed would still flatten every gradient into a
+    bucket, all-reduce it with itself and copy it back after each backward (0.3 s of a 4.5 s
+    step at SmolLM2-135M on one CPU thread, docs/benchmarks.md), which leaves the gradients
+    as they are: skipped. Not with a ``communication_data_type``, whose round trip rounds them."""
+    return (zero_stage(ds_cfg) == 0 and engine.dp_world_size == 1
+            and "communication_data_type" not in ds_cfg)
 
 
 def _hf_zero3(ds_cfg: dict):
@@ -610,7 +641,7 @@ def _grad_norm(engine) -> float:
     g = engine.get_global_grad_norm()
     if g is None:
         return float("nan")
-    return float(g.item() if torch.is_tensor(g) else g)
+    return float(g.reshape(-1)[0].item() if torch.is_tensor(g) else g)
 
 
 # ------------------------------------------------------------ checks, eval, save, finish

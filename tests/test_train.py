@@ -22,25 +22,9 @@ COMMON = ["--train.log_every", "1", "--train.export", "false", "--train.final_ev
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A small NL-RX store + tokenizer made by data_tools (no downloads)."""
-    from data_tools import nlrx
-    from data_tools.preprocess import preprocess
-    from data_tools.tokenizer import train_sentencepiece
-
-    d = tmp_path_factory.mktemp("data")
-    rows = nlrx.generate_pairs(400, seed=1, split="train")
-    with open(d / "train.jsonl", "w") as fh:
-        for r in rows:
-            fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
-    texts = [r["description"] for r in rows] + [r["regex"] for r in rows]
-    train_sentencepiece(texts, str(d / "tok"), vocab_size=256, k=4)
-    preprocess([str(d / "train.jsonl")], str(d / "store"), tokenizer=str(d / "tok"),
-               progress=False)
-    with open(d / "test.jsonl", "w") as fh:
-        for r in nlrx.generate_pairs(40, seed=1, split="test"):
-            fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
-    return str(d / "store")
+def store(nlrx_data):
+    """A small NL-RX store + tokenizer made by data_tools (conftest.nlrx_data)."""
+    return nlrx_data.store
 
 
 def run(args, *, env=None, check=True, launcher=None, timeout=600, fault=None):
@@ -99,6 +83,7 @@ def test_loss_falls_and_metrics_are_logged(reference_run):
                 "samples_per_s", "packing_efficiency", "step_time_s", "peak_memory_gb"):
         assert key in m[-1]
     assert 0 < m[-1]["packing_efficiency"] <= 1
+    assert all(x["grad_norm"] is not None and x["grad_norm"] > 0 for x in m)  # ZeRO-0 keeps DeepSpeed's norm
     held = [x for x in metrics(reference_run) if "eval/lm_loss" in x]
     assert [x["step"] for x in held] == [4, 8] and held[1]["eval/lm_loss"] < held[0]["eval/lm_loss"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -109,12 +94,73 @@ def test_loss_falls_and_metrics_are_logged(reference_run):
     assert os.path.exists(os.path.join(reference_run, "config.yaml"))
 
 
+def test_held_out_readouts_match_the_exported_model(reference_run, tmp_path):
+    """The last held-out eval's collapse metrics (read from the hidden states the engine's
+    held-out forward returns) against the exported model's read-outs of the same examples,
+    computed apart (collapse.jepa_readouts: its own rows, one process)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_tools.store import open_store
+    from megajepa.collapse import collapse_metrics, jepa_readouts
+    from megajepa.export import export
+    from megajepa.loader import PackedLoader
+
+    out = str(tmp_path / "hf")
+    export(reference_run, out)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    pad = AutoTokenizer.from_pretrained(out).pad_token_id
+    store = open_store(os.path.join(reference_run, "eval_store"))
+    pred = store.manifest["pred_ids"][:2]
+    loader = PackedLoader(store, seq_len=128, micro_batch_rows=4, k=2, pred_ids=pred, pad_id=pad,
+                          seed=0, jepa_ratio=1.0)
+    ids = [i for s in range(min(4, loader.steps_per_epoch)) for row in loader.rows_of(0, s)
+           for i in row]
+    with torch.no_grad():
+        p, t = jepa_readouts(model, [store.example(i) for i in ids], k=2, pred_ids=pred,
+                             pad_id=pad, seq_len=128)
+    want = collapse_metrics(p, t)
+    held = [x for x in metrics(reference_run) if "eval/paired_cos" in x][-1]
+    assert held["step"] == 8 and held["eval/pairs"] == want["n"] > 2
+    for key in ("paired_cos", "code_code_cos", "pred_pred_cos", "eff_rank_code", "eff_rank_pred"):
+        assert abs(held[f"eval/{key}"] - want[key]) <= 1e-4 * max(1.0, abs(want[key])), key
+
+
 def test_micro_batch_split_1x4_equals_4x1(store, reference_run, tmp_path):
     d = str(tmp_path / "gas")
     args = ["--data.train", store, "--steps", "8", "--run-dir", d] + COMMON
     args[args.index("--data.micro_batch_rows") + 1] = "1"
     run(args + ["--optim.grad_accum", "4"])
     assert_same_curve(losses(d), losses(reference_run), tol=2e-5)
+
+
+def test_skipped_one_rank_allreduce_changes_nothing(store, reference_run, tmp_path):
+    """The reference run (ZeRO-0, one process) skips DeepSpeed's all-reduce of the gradients
+    with themselves; a ``communication_data_type`` (fp32, the gradients' own) keeps it: the
+    same curve to the last bit."""
+    cfg = json.load(open(os.path.join(ROOT, "ds_configs", "zero0.json")))
+    cfg["communication_data_type"] = "fp32"
+    path = tmp_path / "zero0_allreduce.json"
+    path.write_text(json.dumps(cfg))
+    d = str(tmp_path / "allreduce")
+    run(["--data.train", store, "--steps", "8", "--run-dir", d, "--train.ds_config", str(path)]
+        + COMMON)
+    log = open(os.path.join(reference_run, "train.log")).read()
+    assert "train.ds_config=auto: ds_configs/zero0.json" in log and "all-reduce skipped" in log
+    assert "all-reduce skipped" not in open(os.path.join(d, "train.log")).read()
+    assert_same_curve(losses(d), losses(reference_run), tol=0.0)
+
+
+def test_skips_allreduce_only_where_it_is_the_identity():
+    from types import SimpleNamespace
+
+    from megajepa.train import skips_allreduce
+
+    one, two = SimpleNamespace(dp_world_size=1), SimpleNamespace(dp_world_size=2)
+    zero = lambda s, **kw: {"zero_optimization": {"stage": s}, **kw}  # noqa: E731
+    assert skips_allreduce(one, zero(0))
+    assert not skips_allreduce(two, zero(0))
+    assert not skips_allreduce(one, zero(1))  # ZeRO-1's reduce fills its flat buffer
+    assert not skips_allreduce(one, zero(0, communication_data_type="bf16"))
 
 
 def test_sigterm_saves_and_resume_continues_the_curve(store, reference_run, tmp_path):
