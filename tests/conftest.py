@@ -75,6 +75,32 @@ def random_examples(n, seed=0, max_len=9):
 
 
 @pytest.fixture(scope="session")
+def nlrx_data(tmp_path_factory):
+    """What the end-to-end training tests share (tests/test_train.py, test_training_curve.py,
+    test_first_hour.py): 400 generated NL-RX train pairs as chat JSONL (``train_jsonl``), 40
+    test pairs (``test_jsonl``, beside it), a 256-piece SentencePiece tokenizer trained on the
+    train pairs (``tokenizer``) and their store (``store``); no downloads. Read-only."""
+    import json
+    from types import SimpleNamespace
+
+    from data_tools import nlrx
+    from data_tools.preprocess import preprocess
+    from data_tools.tokenizer import train_sentencepiece
+
+    d = tmp_path_factory.mktemp("nlrx_data")
+    rows = nlrx.generate_pairs(400, seed=1, split="train")
+    for name, recs in (("train.jsonl", rows), ("test.jsonl", nlrx.generate_pairs(40, seed=1, split="test"))):
+        with open(d / name, "w") as fh:
+            for r in recs:
+                fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
+    train_sentencepiece([r[f] for r in rows for f in ("description", "regex")], str(d / "tok"),
+                        vocab_size=256, k=4)
+    preprocess([str(d / "train.jsonl")], str(d / "store"), tokenizer=str(d / "tok"), progress=False)
+    return SimpleNamespace(train_jsonl=str(d / "train.jsonl"), test_jsonl=str(d / "test.jsonl"),
+                           tokenizer=str(d / "tok"), store=str(d / "store"))
+
+
+@pytest.fixture(scope="session")
 def sdpa_model():
     return tiny_model("sdpa")
 

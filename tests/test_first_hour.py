@@ -40,15 +40,9 @@ def metrics(run_dir):
 
 
 @pytest.fixture(scope="module")
-def jsonl(tmp_path_factory):
+def jsonl(nlrx_data):
     """400 generated NL-RX pairs as chat-messages JSONL (what data_tools reads), no store."""
-    from data_tools import nlrx
-
-    path = tmp_path_factory.mktemp("raw") / "pairs.jsonl"
-    with open(path, "w") as fh:
-        for r in nlrx.generate_pairs(400, seed=1, split="train"):
-            fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
-    return str(path)
+    return nlrx_data.train_jsonl
 
 
 # ------------------------------------------------------------------ item 4: raw JSONL, bad paths

@@ -23,24 +23,14 @@ GAMMA, LAMBDA, STEPS = 1.0, 0.5, 60
 
 
 @pytest.fixture(scope="module")
-def curve(tmp_path_factory):
-    """A 60-step run (lr 3e-3, seq_len 128, 4 rows) on 400 generated NL-RX pairs."""
-    from data_tools import nlrx
-    from data_tools.preprocess import preprocess
+def curve(nlrx_data, tmp_path_factory):
+    """A 60-step run (lr 3e-3, seq_len 128, 4 rows) on 400 generated NL-RX pairs
+    (conftest.nlrx_data)."""
     from data_tools.store import open_store
-    from data_tools.tokenizer import train_sentencepiece
 
-    d = tmp_path_factory.mktemp("curve")
-    rows = nlrx.generate_pairs(400, seed=1, split="train")
-    with open(d / "train.jsonl", "w") as fh:
-        for r in rows:
-            fh.write(json.dumps(nlrx.chat_record(r["description"], r["regex"])) + "\n")
-    train_sentencepiece([r[f] for r in rows for f in ("description", "regex")], str(d / "tok"),
-                        vocab_size=256, k=4)
-    preprocess([str(d / "train.jsonl")], str(d / "store"), tokenizer=str(d / "tok"),
-               progress=False)
-    run_dir = str(d / "run")
-    cmd = [sys.executable, os.path.join(ROOT, "pretrain.py"), "--data.train", str(d / "store"),
+    store = nlrx_data.store
+    run_dir = str(tmp_path_factory.mktemp("curve") / "run")
+    cmd = [sys.executable, os.path.join(ROOT, "pretrain.py"), "--data.train", store,
            "--run-dir", run_dir, "--steps", str(STEPS), "--lr", "3e-3",
            "--optim.warmup_steps", "5", "--data.seq_len", "128", "--data.micro_batch_rows", "4",
            "--k", "2", "--gamma", str(GAMMA), "--lambda", str(LAMBDA),
@@ -51,7 +41,7 @@ def curve(tmp_path_factory):
     assert p.returncode == 0, p.stderr[-3000:]
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         steps = [m for m in map(json.loads, filter(str.strip, fh)) if "loss" in m]
-    st = open_store(str(d / "store"))
+    st = open_store(store)
     labels = np.concatenate([st.views(i)[1] for i in range(len(st))])  # pair labels: the code
     p_tok = np.bincount(labels) / len(labels)
     unigram = float(-(p_tok[p_tok > 0] * np.log(p_tok[p_tok > 0])).sum())
