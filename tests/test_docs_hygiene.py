@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-        *sorted((ROOT / "scripts").glob("*.sh"))]
+        *sorted((ROOT / "scripts").glob("**/*.sh"))]
 # --out / --run-dir values, and OUT=${OUT:-...} defaults of the recipe scripts
 _OUTPUT = re.compile(r"(?:--out|--run-dir|--run_dir)[ =](\S+)|\bOUT=\$\{OUT:-([^}]+)\}")
 

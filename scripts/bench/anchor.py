@@ -51,13 +51,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the bench package
+from bench.harness import ROOT, provenance, read_metrics, run_logged, tail, windows, write_json  # noqa: E402
 
 VARIANTS = ("three", "additive", "ours")
 
@@ -105,12 +103,10 @@ def check_flags(a, flags: set[str]) -> None:
 # ------------------------------------------------------------------------------ set-up
 
 def make_tiny_hf():
-    import importlib.util
+    """scripts/make_tiny_hf.py (scripts/ is on sys.path)."""
+    import make_tiny_hf
 
-    spec = importlib.util.spec_from_file_location("make_tiny_hf", ROOT / "scripts" / "make_tiny_hf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return make_tiny_hf
 
 
 def their_model_folder(src: str, dst: str) -> str:
@@ -179,18 +175,10 @@ def our_batch(a, store: str) -> tuple[int, int, float]:
 # --------------------------------------------------------------------------- the runs
 
 def run(cmd: list[str], log_path: str, env: dict, timeout: float) -> dict:
-    t0 = time.time()
-    with open(log_path, "w") as log:
-        try:
-            p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                               timeout=timeout)
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-    out = dict(ok=rc == 0, returncode=rc, wall_s=time.time() - t0, log=log_path)
+    rc, wall = run_logged(cmd, log_path, env, timeout)
+    out = dict(ok=rc == 0, returncode=rc, wall_s=wall, log=log_path)
     if rc != 0:
-        with open(log_path, errors="replace") as fh:
-            out["error"] = "".join(fh.readlines()[-12:])
+        out["error"] = tail(log_path, 12)
     return out
 
 
@@ -206,15 +194,8 @@ _STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO saved checkpoi
 
 
 def parse_ours(run_dir: str, log_path: str) -> dict:
-    recs = []
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(path):
-        recs = [json.loads(ln) for ln in open(path) if ln.strip()]
-    recs = [r for r in recs if "step_time_s" in r]
-    prev, loop = 0, 0.0
-    for r in recs:
-        loop += r["step_time_s"] * (r["step"] - prev)
-        prev = r["step"]
+    recs = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    loop = sum(seconds for _, seconds, _ in windows(recs))
     logs = [log_path, os.path.join(run_dir, "train.log")]  # saves are logged to the run's train.log
     saves = sorted(s for f in logs if os.path.exists(f)
                    for s in _STAMP.findall(Path(f).read_text(errors="replace")))
@@ -223,7 +204,8 @@ def parse_ours(run_dir: str, log_path: str) -> dict:
         t = datetime.datetime.strptime(saves[-1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
         save_s = max(0.0, t - recs[-1]["time"])
     return dict(epoch_s=loop + save_s if recs else None, loop_s=loop, save_s=save_s,
-                steps=prev, peak_memory_gib=max((r["peak_memory_gb"] for r in recs), default=None),
+                steps=recs[-1]["step"] if recs else 0,
+                peak_memory_gib=max((r["peak_memory_gb"] for r in recs), default=None),
                 mfu=recs[-1].get("mfu") if recs else None)
 
 
@@ -336,29 +318,16 @@ def main(argv=None) -> int:
             shutil.rmtree(their_out, ignore_errors=True)  # ~12 GB of checkpoint at 1B
         results.append(dict(variant=v, examples=n, load_1min=[load_before, os.getloadavg()[0]], **info))
         print(json.dumps(results[-1]), flush=True)
-    rep = dict(device=device_name(), date=time.strftime("%Y-%m-%d"),
+    rep = dict(**provenance(__file__, argv),
                model=os.path.basename(a.model) if a.model else None, preset=None if a.model else a.preset,
                threads=os.environ.get("OMP_NUM_THREADS"), cores=os.cpu_count(),
-               examples=n, k=a.k, lbd=a.lbd, runs=results,
-               command="python scripts/bench/anchor.py " + " ".join(argv or sys.argv[1:]))
+               examples=n, k=a.k, lbd=a.lbd, runs=results)
     stem = out / "anchor"
     if "ours" not in variants:  # a split run (scripts/bench/gpu.sh anchor three): its own file
         stem = out / f"anchor_{'_'.join(variants)}"
-    stem.with_suffix(".json").write_text(json.dumps(rep, indent=2))
+    write_json(stem.with_suffix(".json"), rep)
     print(json.dumps(rep, indent=2))
     return 0 if all(r["ok"] for r in results) else 1
-
-
-def device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    try:  # the CPU's model name, as lscpu prints it
-        with open("/proc/cpuinfo") as fh:
-            return "CPU: " + next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return "CPU"
 
 
 if __name__ == "__main__":

@@ -62,7 +62,11 @@ def main(argv: list[str]) -> int:
     dist.init_process_group(backend, rank=0, world_size=1)
     t0 = time.time()
     sys.argv = argv
-    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
+    # their folder first, as `python finetune.py` has it, and not this one: the benchmarks
+    # beside this file (trainer.py, stp.py, ...) must not shadow what their code imports
+    here = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [os.path.dirname(os.path.abspath(argv[0]))] + [
+        p for p in sys.path if os.path.realpath(p or ".") != here]
     try:
         runpy.run_path(argv[0], run_name="__main__")
     finally:

@@ -10,12 +10,11 @@ closed by torch.cuda.synchronize().
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the bench package
+from bench.harness import median_time, random_pairs, sync_for  # noqa: E402
 from megajepa.cli import HelpFormatter, positive_int  # noqa: E402
 
 
@@ -30,43 +29,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def median_ms(fn, reps: int, sync) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times)[len(times) // 2]
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from megajepa.layout import Example, pack
+    from megajepa.layout import pack
     from megajepa.masking import block_mask, mask_mod_for
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device here (use --device cpu)", file=sys.stderr)
         return 2
-    g = torch.Generator().manual_seed(args.seed)
-
-    def view(lo, hi):
-        m = int(torch.randint(lo, hi + 1, (1,), generator=g))
-        return torch.randint(16, 1000, (m,), generator=g).tolist()
-
-    examples = [Example("pair", [view(40, 400), view(20, 200)]) for _ in range(args.examples)]
+    examples = random_pairs(args.examples, 1000, args.seed)
     b = pack(examples, args.seq_len, k=3, pred_ids=[2, 3, 4], pad_id=0).to(args.device)
     rows, n = b.doc_ids.shape
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    ours = median_ms(lambda: block_mask(b.doc_ids, b.roles), args.reps, sync)
-    theirs = median_ms(lambda: create_block_mask(mask_mod_for(b.doc_ids, b.roles), rows, None, n, n,
-                                                 device=args.device, _compile=False), args.reps, sync)
+    sync = sync_for(args.device)
+    ours = 1000 * median_time(lambda: block_mask(b.doc_ids, b.roles), args.reps, sync=sync)
+    theirs = 1000 * median_time(lambda: create_block_mask(mask_mod_for(b.doc_ids, b.roles), rows, None, n, n,
+                                                          device=args.device, _compile=False),
+                                args.reps, sync=sync)
     print(f"{args.device}, rows {rows} x {n}: ours {ours:.2f} ms; "
           f"create_block_mask (not compiled) {theirs:.2f} ms (median of {args.reps})")
     return 0

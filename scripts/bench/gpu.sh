@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device call per measurement kind on the lent GPU (each ends inside the 10-minute limit of
-# a call and leaves its tables in $OUT; docs/benchmarks.md says which figure comes from which).
+# The benchmarks on the lent GPU: one device call per kind of measurement (each ends inside the
+# 10-minute limit of a call and leaves its tables, device.txt and <kind>-logs.tgz in $OUT;
+# docs/benchmarks.md says which figure comes from which).
 #
 # Prepare here:  bash ../shared/device/make-wheels.sh             DeepSpeed, liger-kernel -> .whl/
 #                bash scripts/bench/prepare_anchor.sh <llm-jepa> <nlrx_synth_train.jsonl>   (anchor)
@@ -10,16 +11,20 @@
 #                bash scripts/bench/gpu.sh anchor additive,ours    carry=[".whl", "third_party"]
 #                bash scripts/bench/gpu.sh tests                   carry=[".whl"]
 #                bash scripts/bench/gpu.sh stp                     carry=[".whl"]  (STP / next-token at 125m)
+#                bash scripts/bench/gpu.sh checks                  carry=[".whl"]  (GPU tests, kernel and
+#                    throughput benchmarks, a bf16 pretrain.py run at ZeRO-1 and one at ZeRO-3)
 # Then here:     python scripts/bench/report.py <files_at of each call> ...   (the headline rows)
-# Extra arguments go to the kind's script (e.g. `pretrain --rows llama-3.2-3b=1x4`); on a CPU the
-# pretrain and speed kinds run at a tiny size with the arguments in their scripts' docstrings.
+# Extra arguments go to the kind's script (e.g. `pretrain --rows llama-3.2-3b=1x4`; checks takes
+# none); on a CPU the pretrain and speed kinds run at a tiny size with the arguments in their
+# scripts' docstrings.
 set -u
 kind=${1:-}
-case $kind in pretrain|speed|anchor|tests|stp) shift ;; *)
-  echo "usage: bash scripts/bench/gpu.sh pretrain|speed|anchor [three,additive,ours]|tests|stp [args]" >&2
-  exit 2 ;;
-esac
-OUT=${OUT:-/tmp/gpu_bench_out}
+case $kind in pretrain|speed|anchor|tests|stp|checks) shift ;; *) kind= ;; esac
+if [ -z "$kind" ] || { [ "$kind" = checks ] && [ $# -gt 0 ]; }; then
+  echo "usage: bash scripts/bench/gpu.sh pretrain|speed|anchor [three,additive,ours]|tests|stp|checks [args]" >&2
+  exit 2
+fi
+OUT=${OUT:-/tmp/bench_out}
 work=/tmp/bench/$kind
 mkdir -p "$OUT" "$work"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -31,8 +36,16 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 cat "$OUT/device.txt"
 logs() {  # the runs' logs and metrics in one small archive (no stores, no checkpoints)
   (cd "$work" && find . \( -name '*.log' -o -name 'metrics.jsonl' -o -name '*.md' -o -name '*.json' \) \
-     -not -path '*/store/*' -not -path '*/hf/*' -not -path '*/checkpoints/*' -print0 \
+     -not -path '*/store/*' -not -path '*/hf/*' -not -path '*/checkpoints/*' -not -path '*/export/*' -print0 \
    | tar czf "$OUT/$kind-logs.tgz" --null -T -)
+}
+step() {  # name, timeout, command...: one step of checks, its output in $OUT/<name>.log
+  local name=$1 t=$2 code; shift 2
+  local t0=$SECONDS
+  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  code=$?
+  echo "== $name: exit $code in $((SECONDS - t0)) s"; tail -n 6 "$OUT/$name.log"
+  [ "$code" -eq 0 ] || rc=1
 }
 case $kind in
   pretrain)
@@ -56,6 +69,19 @@ case $kind in
   tests)
     timeout 500 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ "$@" 2>&1 | tee "$work/pytest.log"
     rc=${PIPESTATUS[0]} ;;
+  checks)  # FlexAttention, the fused kernels, DeepSpeed ZeRO-1 and ZeRO-3 in one call
+    rc=0
+    step pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py \
+      tests/test_ops_cosine.py tests/test_ops_linear_ce.py
+    step throughput 170 python3 scripts/bench/throughput.py --presets 125m,llama-3.2-1b --out "$OUT/throughput.md"
+    step kernels 150 python3 scripts/bench/loss_kernels.py --out "$OUT/kernels.md"
+    step pretrain_zero1 110 python3 pretrain.py --run-dir "$work/run_z1" --preset small --steps 150 \
+      --data.seq_len 512 --data.micro_batch_rows 16 --train.log_every 25 --train.eval_limit 100
+    step pretrain_zero3 60 python3 pretrain.py --run-dir "$work/run_z3" --preset 125m --steps 20 \
+      --ds-config ds_configs/zero3.json --data.seq_len 1024 --data.micro_batch_rows 8 \
+      --train.log_every 5 --train.final_eval false
+    cp "$work"/run_z1/metrics.jsonl "$OUT/pretrain_zero1_metrics.jsonl" 2>/dev/null
+    cp "$work"/run_z3/metrics.jsonl "$OUT/pretrain_zero3_metrics.jsonl" 2>/dev/null ;;
 esac
 logs
 echo "== $kind: exit $rc"

@@ -39,8 +39,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -49,9 +47,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the bench package
+from bench.harness import (device_name, finish, interleaved, longest_prefix,  # noqa: E402
+                           markdown_table, paired_ratio, spread)
 from megajepa.layout import Example, layout_cost, pack, plan_rows  # noqa: E402
-from megajepa.stats import markdown_table  # noqa: E402
 
 GENERATED = 8000  # pairs of the embedded NL-RX generator when no --data is given (NL-RX-SYNTH's size)
 WINDOW = 1024  # pack()'s default best-fit window
@@ -172,35 +171,21 @@ def three_pass_step(model, batches, pred_index, target_index):
 def timing_examples(views, k, seq_len, rows):
     """The longest prefix of ``views`` whose (b) layout packs into at most ``rows`` rows."""
     costs = [layout_cost("pair", [len(t), len(c)], k=k) for t, c in views]
-    lo, hi = 1, len(views)
-    while lo < hi:  # rows needed grows with the prefix length
-        mid = (lo + hi + 1) // 2
-        if len(plan_rows(costs[:mid], seq_len, window=WINDOW)) <= rows:
-            lo = mid
-        else:
-            hi = mid - 1
-    return views[:lo]
+    return views[:longest_prefix(len(views), lambda m: len(plan_rows(costs[:m], seq_len, window=WINDOW)), rows)]
 
 
 def time_steps(model, variants, reps, warmup):
     """Interleaved forward+backward timings: {name: [seconds per rep]} and {name: loss}."""
-    times = {name: [] for name in variants}
-    losses = {}
-    for rep in range(warmup + reps):
-        this = {}
-        for name, fn in variants.items():
-            model.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
+    def fwd_bwd(fn):
+        def step():
             loss = fn()
             loss.backward()
-            this[name] = time.perf_counter() - t0
-            losses[name] = float(loss.detach())
-        if rep >= warmup:
-            for name, dt in this.items():
-                times[name].append(dt)
-        tag = f"rep {rep + 1 - warmup}/{reps}" if rep >= warmup else f"warm-up {rep + 1}/{warmup}"
-        print(tag + ": " + " ".join(f"{n} {dt:.3f}s" for n, dt in this.items()), file=sys.stderr, flush=True)
-    return times, losses
+            return loss
+        return step
+
+    times, last = interleaved({name: fwd_bwd(fn) for name, fn in variants.items()}, reps, warmup,
+                              before=lambda: model.zero_grad(set_to_none=True), progress=True)
+    return times, {name: float(loss.detach()) for name, loss in last.items()}
 
 
 # --- driver -------------------------------------------------------------------------------
@@ -318,11 +303,11 @@ def timing_section(args, tok, pred, views):
     with torch.no_grad():
         lm_b = float(forward(model, batch_b).lm_loss)
     times, losses = time_steps(model, variants, args.reps, args.warmup)
-    med = {key: statistics.median(v) for key, v in times.items()}
-    q = {key: statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3 for key, v in times.items()}
+    stats = {key: spread(v, quartiles="exclusive") for key, v in times.items()}
+    med = {key: v["median"] for key, v in stats.items()}
 
     def paired(x, y):  # median over repetitions of the per-repetition ratio x / y
-        return statistics.median(a / b for a, b in zip(times[x], times[y]))
+        return paired_ratio(times[x], times[y])
 
     check = {"a": abs(losses["a"] - lm_b), "b": 0.0, "c": abs(losses["c"] - losses["b"]),
              "c*": abs(losses["c*"] - losses["b"])}
@@ -334,7 +319,7 @@ def timing_section(args, tok, pred, views):
     for key in variants:
         per_ex = med[key] / examples[key] * 1e3
         rows.append([labels[key], examples[key], shapes[key], f"{med[key] * 1e3:.1f}",
-                     f"{q[key][0] * 1e3:.1f}-{q[key][2] * 1e3:.1f}", f"{per_ex:.3f}",
+                     f"{stats[key]['q1'] * 1e3:.1f}-{stats[key]['q3'] * 1e3:.1f}", f"{per_ex:.3f}",
                      f"{per_ex / (med['b'] / n * 1e3):.2f}x", f"{check[key]:.1e}"])
     header = ["variant", "examples", "rows x seq_len", "median ms / step", "IQR ms", "ms / example",
               "vs (b) per example", "\\|loss diff\\|"]
@@ -366,7 +351,7 @@ def main(argv=None):
         raise SystemExit(f"error: the tokenizer has {len(pred)} predictor tokens, k={args.k}")
     counts, _ = counts_section(args, views)
     parts = [f"Data: {args.data_desc}; tokenizer: {tok_desc}; torch {torch.__version__}; "
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+             f"{device_name('cpu')}; "
              f"{datetime.date.today().isoformat()}.",
              "", "Tokens and rows per epoch:", "", counts]
     print("\n".join(parts), flush=True)
@@ -374,11 +359,7 @@ def main(argv=None):
         timing, _ = timing_section(args, tok, pred, views)
         parts += ["", "Step time (CPU):", "", timing]
         print("\n" + "Step time (CPU):\n\n" + timing, flush=True)
-    parts += ["", f"Wall time of the benchmark: {time.time() - t0:.0f} s."]
-    print(parts[-1])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(parts) + "\n")
+    finish(parts, t0, args.out)
 
 
 if __name__ == "__main__":

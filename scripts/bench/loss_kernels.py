@@ -24,11 +24,8 @@ and liger-kernel are used when installed. No DeepSpeed.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,7 +36,8 @@ CUDA = torch.cuda.is_available()
 if not CUDA:  # on CPU the kernel can only run in Triton's interpreter; set before triton loads
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the bench package
+from bench.harness import markdown_table, median_time, provenance, write_report  # noqa: E402
 from megajepa.ops import COSINE_EPS, cosine_loss, linear_cross_entropy, liger_available, triton_available  # noqa: E402
 
 MiB = 2**20
@@ -81,27 +79,17 @@ def parse_args(argv=None):
     return args
 
 
-def device_name():
-    if CUDA:
-        return torch.cuda.get_device_name()
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads visible)"
-
-
 def bench(fn, grad_to_none=None, quick_reps=3):
     """Median milliseconds: triton.testing.do_bench on GPU (CUDA events, L2 flushed), wall clock on CPU."""
     if CUDA:
         import triton.testing
 
         return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
-    fn()
-    times = []
-    for _ in range(quick_reps):
+    def no_grads():
         for t in grad_to_none or ():
             t.grad = None
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+
+    return 1e3 * median_time(fn, quick_reps, before=no_grads)
 
 
 def copy_bandwidth_gbs(quick):
@@ -250,45 +238,40 @@ def to_markdown(res):
         cpu_note,
         "JEPA cosine loss (median ms; GB/s of useful bytes: fwd 2P(Ds+8), bwd 2P(Ds+8)+NDs; % of copy bandwidth):",
         "",
-        "| N | D | P | dtype | impl | fwd ms | fwd GB/s | fwd %BW | bwd ms | bwd GB/s | bwd %BW | speedup fwd / bwd | \\|loss-eager\\| |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     eager = {(r["N"], r["D"], r["P"]): r for r in res["cosine"] if r["impl"] == "eager"}
+    rows = []
     for r in res["cosine"]:
         e = eager[(r["N"], r["D"], r["P"])]
-        lines.append(
-            f"| {r['N']} | {r['D']} | {r['P']} | {r['dtype']} | {r['impl']} | {r['fwd_ms']:.4g} | {r['fwd_gbs']:.4g} | "
-            f"{r['fwd_pct_bw']:.1f} | {r['bwd_ms']:.4g} | {r['bwd_gbs']:.4g} | {r['bwd_pct_bw']:.1f} | "
-            f"{e['fwd_ms'] / r['fwd_ms']:.2f}x / {e['bwd_ms'] / r['bwd_ms']:.2f}x | {r['loss_diff_vs_eager']:.1e} |")
-    lines += [
-        "",
-        "LM loss, forward + backward (peak extra memory includes d_hidden and d_weight):",
-        "",
-        "| V | M | D | dtype | impl | fwd+bwd ms | peak extra MiB | loss / token |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+        rows.append([r["N"], r["D"], r["P"], r["dtype"], r["impl"], f"{r['fwd_ms']:.4g}", f"{r['fwd_gbs']:.4g}",
+                     f"{r['fwd_pct_bw']:.1f}", f"{r['bwd_ms']:.4g}", f"{r['bwd_gbs']:.4g}", f"{r['bwd_pct_bw']:.1f}",
+                     f"{e['fwd_ms'] / r['fwd_ms']:.2f}x / {e['bwd_ms'] / r['bwd_ms']:.2f}x",
+                     f"{r['loss_diff_vs_eager']:.1e}"])
+    lines += [markdown_table(["N", "D", "P", "dtype", "impl", "fwd ms", "fwd GB/s", "fwd %BW", "bwd ms", "bwd GB/s",
+                              "bwd %BW", "speedup fwd / bwd", "\\|loss-eager\\|"], rows),
+              "", "LM loss, forward + backward (peak extra memory includes d_hidden and d_weight):", ""]
+    rows = []
     for r in res["lm"]:
         if "error" in r:
-            lines.append(f"| {r['V']} | {r['M']} | {r['D']} | | {r['impl']} | {r['error']} | | |")
+            rows.append([r["V"], r["M"], r["D"], "", r["impl"], r["error"], "", ""])
         else:
-            lines.append(f"| {r['V']} | {r['M']} | {r['D']} | {r['dtype']} | {r['impl']} | {r['fwd_bwd_ms']:.4g} | "
-                         f"{r['peak_extra_mib']:.1f} | {r['loss_per_token']:.4f} |")
+            rows.append([r["V"], r["M"], r["D"], r["dtype"], r["impl"], f"{r['fwd_bwd_ms']:.4g}",
+                         f"{r['peak_extra_mib']:.1f}", f"{r['loss_per_token']:.4f}"])
+    lines.append(markdown_table(["V", "M", "D", "dtype", "impl", "fwd+bwd ms", "peak extra MiB", "loss / token"],
+                                rows))
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     args = parse_args(argv)
-    print(f"device: {device_name()}" + ("" if CUDA else "  [CPU run: NOT GPU numbers]"), flush=True)
+    res = dict(**provenance(__file__, argv), cuda=CUDA, versions=versions())
+    print(f"device: {res['device']}" + ("" if CUDA else "  [CPU run: NOT GPU numbers]"), flush=True)
     if not CUDA:
         print("triton:", "interpreter (TRITON_INTERPRET=1)" if triton_available() else "not installed, PyTorch fallback only")
     started = time.time()
     bandwidth = copy_bandwidth_gbs(args.quick)
     print(f"copy bandwidth: {bandwidth:.0f} GB/s", flush=True)
-    res = dict(
-        device=device_name(), cuda=CUDA, date=datetime.date.today().isoformat(),
-        command="python " + " ".join([sys.argv[0]] + sys.argv[1:]) if argv is None else " ".join(argv),
-        versions=versions(), bandwidth_gbs=bandwidth,
-    )
+    res["bandwidth_gbs"] = bandwidth
     res["cosine"] = bench_cosine(args, bandwidth)
     print(f"cosine done ({time.time() - started:.0f} s)", flush=True)
     res["lm"] = bench_lm(args)
@@ -296,9 +279,7 @@ def main(argv=None):
     md = to_markdown(res)
     print(md)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(md)
-        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+        write_report(args.out, md, res)
         print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
 
 

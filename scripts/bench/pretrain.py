@@ -41,8 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the bench package
+from bench.harness import (ROOT, markdown_table, provenance, read_metrics, tail,  # noqa: E402
+                           windows, write_report)
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<sep>"]
 K_PRED = 8
@@ -146,32 +147,9 @@ def run_pretrain(argv: list[str], run_dir: str, final_step: int, timeout: float)
     return out
 
 
-def read_metrics(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as fh:
-        for line in fh:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written
-                break
-    return [r for r in out if "step_time_s" in r]
-
-
-def tail(path: str, n: int = 15) -> str:
-    with open(path, errors="replace") as fh:
-        return "".join(fh.readlines()[-n:])
-
-
 def summarize(records: list[dict], warmup: int) -> dict:
     """Figures of the logged windows after ``warmup`` steps, weighted by wall time."""
-    prev, win = 0, []
-    for r in sorted(records, key=lambda r: r["step"]):
-        steps = r["step"] - prev
-        if prev >= warmup:
-            win.append((steps, r["step_time_s"] * steps, r))
-        prev = r["step"]
+    win = windows(records, warmup)
     if not win:
         raise ValueError(f"no logged window after {warmup} warm-up steps")
     time_s = sum(t for _, t, _ in win)
@@ -281,13 +259,12 @@ def main(argv=None) -> int:
             info.update(summarize(recs, a.warmup))
         results.append(dict(preset=p, variant=v, rows=a.rows[p], **info))
         print(json.dumps(results[-1]), flush=True)
-    report = dict(device=device_name(), date=time.strftime("%Y-%m-%d"), seq_len=a.seq_len,
-                  k=a.k, vocab=a.vocab, store=dict(examples=n, text_len=text_len, code_len=code_len),
-                  design=bound, runs=results, ratios=ratios(results),
-                  command="python scripts/bench/pretrain.py " + " ".join(argv or sys.argv[1:]))
-    (out / "pretrain.json").write_text(json.dumps(report, indent=2))
-    (out / "pretrain.md").write_text(markdown(report))
-    print(markdown(report))
+    report = dict(**provenance(__file__, argv), seq_len=a.seq_len, k=a.k, vocab=a.vocab,
+                  store=dict(examples=n, text_len=text_len, code_len=code_len),
+                  design=bound, runs=results, ratios=ratios(results))
+    md = markdown(report)
+    write_report(out / "pretrain.md", md, report)
+    print(md)
     return 0 if all(r["ok"] for r in results) else 1
 
 
@@ -301,32 +278,26 @@ def ratios(results: list[dict]) -> dict:
     return out
 
 
-def device_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-
-
 def markdown(rep: dict) -> str:
     d = rep["design"]
     lines = [f"device: {rep['device']}; {rep['date']}; seq_len {rep['seq_len']}; k {rep['k']}; "
              f"vocab {rep['vocab']}; store: {rep['store']['examples']} random pair examples, "
              f"mean |T| {d['mean_text']:.1f}, |C| {d['mean_code']:.1f}",
-             f"command: `{rep['command']}`", "",
-             "| preset | variant | rows x accum | steps measured | step s | tokens/s | samples/s "
-             "| TFLOP/s | MFU | peak GiB | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"command: `{rep['command']}`", ""]
+    head = ["preset", "variant", "rows x accum", "steps measured", "step s", "tokens/s", "samples/s",
+            "TFLOP/s", "MFU", "peak GiB", "wall s"]
+    rows = []
     for r in rep["runs"]:
+        run = [r["preset"], r["variant"], f"{r['rows'][0]}x{r['rows'][1]}"]
         if not r.get("steps"):
-            lines.append(f"| {r['preset']} | {r['variant']} | {r['rows'][0]}x{r['rows'][1]} | failed: "
-                         f"{r.get('error', '?').strip().splitlines()[-1] if r.get('error') else 'no metrics'} "
-                         "| | | | | | | |")
+            why = r["error"].strip().splitlines()[-1] if r.get("error") else "no metrics"
+            rows.append(run + [f"failed: {why}"] + [""] * (len(head) - 4))
             continue
         mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.3f}"
-        lines.append(f"| {r['preset']} | {r['variant']} | {r['rows'][0]}x{r['rows'][1]} | "
-                     f"{r['steps']} (from {r['first_step']}) | {r['step_time_s']:.3f} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['samples_per_s']:,.1f} | {r['tflops']:.1f} | "
-                     f"{mfu} | {r['peak_memory_gib']:.2f} | {r['wall_s']:.0f} |")
-    lines += ["", f"design bound (|T| + 2|C| + k) / (|T| + |C|) = {d['bound']:.3f}"]
+        rows.append(run + [f"{r['steps']} (from {r['first_step']})", f"{r['step_time_s']:.3f}",
+                           f"{r['tokens_per_s']:,.0f}", f"{r['samples_per_s']:,.1f}", f"{r['tflops']:.1f}",
+                           mfu, f"{r['peak_memory_gib']:.2f}", f"{r['wall_s']:.0f}"])
+    lines += [markdown_table(head, rows), "", f"design bound (|T| + 2|C| + k) / (|T| + |C|) = {d['bound']:.3f}"]
     for p, q in rep["ratios"].items():
         lines.append(f"{p}: single pass / next-token time per example = {q:.3f} "
                      f"({'within' if q <= d['bound'] else 'above'} the bound)")

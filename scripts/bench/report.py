@@ -19,6 +19,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the bench package
+from bench.harness import markdown_table  # noqa: E402
+
 FIGURES = (
     "MFU pretrain.py llama-3.2-1b seq 4096",
     "MFU pretrain.py llama-3.2-3b seq 4096",
@@ -111,9 +114,8 @@ def _missing(reports, cmd, why) -> tuple:
 
 
 def table(values: list[tuple]) -> str:
-    lines = ["| figure | value | device | date | command |", "|---|---|---|---|---|"]
-    lines += [f"| {f} | {v} | {d} | {t} | {c} |" for f, (v, d, t, c) in zip(FIGURES, values)]
-    return "\n".join(lines)
+    return markdown_table(["figure", "value", "device", "date", "command"],
+                          [(f, *v) for f, v in zip(FIGURES, values)])
 
 
 def main(argv=None) -> int:

@@ -37,8 +37,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -46,10 +44,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the bench package
+from bench.harness import (device_name, finish, interleaved, longest_prefix,  # noqa: E402
+                           markdown_table, paired_ratio, spread, sync_for)
 from megajepa import stp  # noqa: E402
 from megajepa.layout import Example, pack, plan_rows  # noqa: E402
-from megajepa.stats import markdown_table  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -91,11 +90,6 @@ def parse_args(argv=None):
     return args
 
 
-def sync(device) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def load_examples(args):
     """Tokenized examples (packed without JEPA segments) and a description of the data."""
     from data_tools.nlrx import chat_record, generate_pairs
@@ -132,34 +126,24 @@ def load_examples(args):
 def fill_rows(examples, seq_len, rows, pad_id):
     """The first examples that fill ``rows`` rows, packed for next-token training."""
     costs = [e.num_tokens for e in examples]  # no JEPA segments: a view costs its tokens
-    lo, hi = 1, len(examples)
-    while lo < hi:  # rows needed grows with the prefix length
-        mid = (lo + hi + 1) // 2
-        if len(plan_rows(costs[:mid], seq_len)) <= rows:
-            lo = mid
-        else:
-            hi = mid - 1
-    return pack(examples[:lo], seq_len, k=0, pred_ids=[], pad_id=pad_id), lo
+    n = longest_prefix(len(examples), lambda m: len(plan_rows(costs[:m], seq_len)), rows)
+    return pack(examples[:n], seq_len, k=0, pred_ids=[], pad_id=pad_id), n
 
 
 def time_variants(model, variants, reps, warmup, device="cpu"):
     """Interleaved forward+backward timings: {name: [seconds]} and the last loss of each."""
-    times = {name: [] for name in variants}
-    losses = {}
-    for rep in range(warmup + reps):
-        for name, fn in variants.items():
-            model.zero_grad(set_to_none=True)
-            sync(device)
-            t0 = time.perf_counter()
+    def fwd_bwd(fn):
+        def step():
             out = fn()
             out.loss.backward()
-            sync(device)
-            dt = time.perf_counter() - t0
-            losses[name] = (float(out.lm_loss.detach()), float(out.jepa_loss.detach()), out.num_pairs)
-            if rep >= warmup:
-                times[name].append(dt)
-        print(f"rep {rep + 1 - warmup}/{reps}: " + " ".join(
-            f"{n} {v[-1] * 1e3:.0f}ms" for n, v in times.items() if v), file=sys.stderr, flush=True)
+            return out
+        return step
+
+    times, outs = interleaved({name: fwd_bwd(fn) for name, fn in variants.items()}, reps, warmup,
+                              sync=sync_for(device), before=lambda: model.zero_grad(set_to_none=True),
+                              progress=True)
+    losses = {name: (float(out.lm_loss.detach()), float(out.jepa_loss.detach()), out.num_pairs)
+              for name, out in outs.items()}
     return times, losses
 
 
@@ -171,21 +155,20 @@ def time_alone(model, batch, args, predictor):
     with torch.no_grad():
         hidden = hidden_states(model, dev.input_ids, dev.position_ids, dev.doc_ids, dev.roles)
     flat = hidden.reshape(-1, hidden.shape[-1])
-    variants = {f"stp{n}": (n, None) for n in args.spans}
-    variants["stp1+P"] = (1, predictor)
-    times = {k: [] for k in variants}
-    for rep in range(args.warmup + args.reps):
-        for k, (n, pred) in variants.items():
-            h = flat.detach().requires_grad_()
-            sync(args.device)
-            t0 = time.perf_counter()
+    leaf = {}  # a fresh leaf of the hidden states per call, made outside the timed window
+
+    def work(n, pred):
+        def step():
+            h = leaf["h"]
             stp.attach(batch, stp.StpSpec(spans=n), seed=args.seed)
             loss, _ = stp_loss_sum(h, batch.stp.to(h.device), predictor=pred)
             loss.backward()
-            sync(args.device)
-            if rep >= args.warmup:
-                times[k].append(time.perf_counter() - t0)
-    return times
+        return step
+
+    variants = {f"stp{n}": work(n, None) for n in args.spans}
+    variants["stp1+P"] = work(1, predictor)
+    return interleaved(variants, args.reps, args.warmup, sync=sync_for(args.device),
+                       before=lambda: leaf.update(h=flat.detach().requires_grad_()))[0]
 
 
 def bench_preset(args, preset, tok, examples):
@@ -214,16 +197,15 @@ def bench_preset(args, preset, tok, examples):
     variants["stp1+P"] = stp_step(1, predictor)
     times, losses = time_variants(model, variants, args.reps, args.warmup, args.device)
     alone = time_alone(model, batch, args, predictor)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    q = {k: statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3 for k, v in times.items()}
+    s = {k: spread(v, quartiles="exclusive") for k, v in times.items()}
     rows = []
     for k in variants:
-        ratio = statistics.median(a / b for a, b in zip(times[k], times["nt"]))
+        ratio = paired_ratio(times[k], times["nt"])
         lm, jl, spans = losses[k]
-        a = statistics.median(alone[k]) if k in alone else 0.0
-        rows.append([k, f"{spans if k != 'nt' else 0:,}", f"{med[k] * 1e3:.1f}",
-                     f"{q[k][0] * 1e3:.1f}-{q[k][2] * 1e3:.1f}", f"{ratio:.3f}",
-                     f"{a * 1e3:.2f}", f"{1 + a / med['nt']:.4f}", f"{abs(lm - losses['nt'][0]):.1e}"])
+        a = spread(alone[k])["median"] if k in alone else 0.0
+        rows.append([k, f"{spans if k != 'nt' else 0:,}", f"{s[k]['median'] * 1e3:.1f}",
+                     f"{s[k]['q1'] * 1e3:.1f}-{s[k]['q3'] * 1e3:.1f}", f"{ratio:.3f}",
+                     f"{a * 1e3:.2f}", f"{1 + a / s['nt']['median']:.4f}", f"{abs(lm - losses['nt'][0]):.1e}"])
     params = sum(p.numel() for p in model.parameters())
     sp = batch.stp.stats
     head = (f"**{preset}** (hidden {dim}, {params:,} parameters): {n_ex} examples in rows "
@@ -236,8 +218,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     t0 = time.time()
     tok, examples, desc = load_examples(args)
-    where = (torch.cuda.get_device_name() if args.device == "cuda" else
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s)")
+    where = device_name(args.device) + ("" if args.device == "cuda" else f", {args.threads} thread(s)")
     parts = [f"Data: {desc}; torch {torch.__version__}; {where}; {datetime.date.today().isoformat()}. "
              f"{args.dtype}, sdpa (dense boolean mask), forward + backward per step, {args.warmup} warm-up + "
              f"{args.reps} timed repetitions, interleaved."]
@@ -247,11 +228,7 @@ def main(argv=None):
         head, rows = bench_preset(args, preset, tok, examples)
         parts += ["", head, "", markdown_table(header, rows)]
         print("\n".join(parts[-3:]), flush=True)
-    parts += ["", f"Wall time of the benchmark: {time.time() - t0:.0f} s."]
-    print(parts[-1])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(parts) + "\n")
+    finish(parts, t0, args.out)
 
 
 if __name__ == "__main__":

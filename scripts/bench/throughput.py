@@ -25,47 +25,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
-import platform
+import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the bench package
+from bench.harness import (command_line, device_name, interleaved, longest_prefix,  # noqa: E402
+                           markdown_table, median_time, random_pairs, sync_for, write_report)
 from megajepa import Example, forward, pack  # noqa: E402
 from megajepa.layout import example_cost  # noqa: E402
 from megajepa.metrics import FlopCounter, attended_pairs, device_peak_tflops  # noqa: E402
 from megajepa.model import build_model  # noqa: E402
 
 
-def make_examples(n, vocab, seed, text_len, code_len):
-    g = torch.Generator().manual_seed(seed)
-
-    def view(lo, hi):
-        m = int(torch.randint(lo, hi + 1, (1,), generator=g))
-        return torch.randint(16, vocab, (m,), generator=g).tolist()
-
-    return [Example("pair", [view(*text_len), view(*code_len)]) for _ in range(n)]
-
-
 def fill_rows(examples, seq_len, rows, k, pred_ids):
     """The longest prefix of ``examples`` whose single-pass packing fits in ``rows`` rows."""
-    lo, hi = 1, len(examples)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if pack(examples[:mid], seq_len, k=k, pred_ids=pred_ids, pad_id=0).stats["rows"] <= rows:
-            lo = mid
-        else:
-            hi = mid - 1
-    return examples[:lo]
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    n = longest_prefix(len(examples), lambda m: pack(examples[:m], seq_len, k=k, pred_ids=pred_ids,
+                                                      pad_id=0).stats["rows"], rows)
+    return examples[:n]
 
 
 def speed_options(text: str):
@@ -104,7 +84,7 @@ def bench_preset(preset, a, device, dtype, options="off"):
     opts.checkpointing = opts.checkpointing or a.checkpointing
     optimize(model, opts, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    pool = [e for e in make_examples(4 * a.rows * a.seq_len // 64, vocab, 0, a.text_len, a.code_len)
+    pool = [e for e in random_pairs(4 * a.rows * a.seq_len // 64, vocab, 0, a.text_len, a.code_len)
             if example_cost(e, k=a.k) <= a.seq_len]
     exs = fill_rows(pool, a.seq_len, a.rows, a.k, pred_ids)
     plain = [Example(e.kind, e.views, jepa=False) for e in exs]
@@ -114,7 +94,7 @@ def bench_preset(preset, a, device, dtype, options="off"):
     batches["three"] = batches["single"]
     flops = FlopCounter(model.config)
     peak = device_peak_tflops(a.peak_tflops)
-    times = {v: [] for v in a.variants}
+    sync = sync_for(device)
     mem = {}
 
     def step(v):
@@ -134,25 +114,12 @@ def bench_preset(preset, a, device, dtype, options="off"):
         step(v)
         sync()
         mem[v] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    for _ in range(a.reps):
-        for v in a.variants:
-            sync()
-            t0 = time.perf_counter()
-            step(v)
-            sync()
-            times[v].append(time.perf_counter() - t0)
+    times, _ = interleaved({v: functools.partial(step, v) for v in a.variants}, a.reps, sync=sync)
     b = batches["single"]
     mask_ms = float("nan")
     if a.attn == "flex_attention":
         from megajepa.masking import block_mask
-        ts = []
-        for _ in range(5):
-            sync()
-            t0 = time.perf_counter()
-            block_mask(b.doc_ids, b.roles)
-            sync()
-            ts.append(time.perf_counter() - t0)
-        mask_ms = 1000 * statistics.median(ts[1:])
+        mask_ms = 1000 * median_time(lambda: block_mask(b.doc_ids, b.roles), 4, sync=sync)
     real = int((b.doc_ids >= 0).sum())
     lm_real = int((batches["lm"].doc_ids >= 0).sum())
     labels = b.num_label_tokens
@@ -212,38 +179,30 @@ def main(argv=None):
     device = torch.device("cuda" if cuda else "cpu")
     a.attn = a.attn or ("flex_attention" if cuda else "sdpa")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype or ("bf16" if cuda else "fp32")]
-    dev_name = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or 'x86_64'})"
-    lines = [f"device: {dev_name}; torch {torch.__version__}; {datetime.date.today()}; "
-             f"dtype {dtype}; attn {a.attn}; seq_len {a.seq_len} x {a.rows} rows; k {a.k}; "
-             f"vocab {a.vocab}; peak {device_peak_tflops(a.peak_tflops) or 'n/a'} TFLOP/s",
-             f"command: python {' '.join(sys.argv)}", "",
-             "| preset | options | variant | step ms | tokens/s | TFLOP/s | MFU | peak GiB |",
-             "|---|---|---|---|---|---|---|---|"]
-    results = []
+    head = ["preset", "options", "variant", "step ms", "tokens/s", "TFLOP/s", "MFU", "peak GiB"]
+    results, steps = [], []
     for preset in a.presets.split(","):
         for options in a.options:
             with llama_globals_restored():  # liger patches Llama's module classes globally
                 rows, ratios, info = bench_preset(preset, a, device, dtype, options)
             results.append(dict(preset=preset, options=options, rows=rows, ratios=ratios, info=info))
-            for r in rows:
-                lines.append(f"| {preset} | {options} | {r['variant']} | {r['step_ms']:.1f} "
-                             f"| {r['tokens_per_s']:.0f} | {r['tflops']:.1f} | {r['mfu']:.3f} "
-                             f"| {r['peak_gb']:.2f} |")
-            print("\n".join(lines[-len(rows):]), flush=True)
-    lines += ["", "| preset | options | examples/step | single-pass tokens | LM-only tokens | capacity "
-              "| single/lm step time | three/single step time | BlockMask build ms |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        i, q = r["info"], r["ratios"]
-        lines.append(f"| {r['preset']} | {r['options']} | {i['examples']} | {i['real_tokens']} | {i['lm_tokens']} "
-                     f"| {i['capacity']} | {q.get('single/lm', float('nan')):.3f} "
-                     f"| {q.get('three/single', float('nan')):.3f} | {i['block_mask_ms']:.2f} |")
-    text = "\n".join(lines)
+            steps += [[preset, options, r["variant"], f"{r['step_ms']:.1f}", f"{r['tokens_per_s']:.0f}",
+                       f"{r['tflops']:.1f}", f"{r['mfu']:.3f}", f"{r['peak_gb']:.2f}"] for r in rows]
+            print(markdown_table(head, steps[-len(rows):]), flush=True)
+    shares = [[r["preset"], r["options"], r["info"]["examples"], r["info"]["real_tokens"], r["info"]["lm_tokens"],
+               r["info"]["capacity"], f"{r['ratios'].get('single/lm', float('nan')):.3f}",
+               f"{r['ratios'].get('three/single', float('nan')):.3f}", f"{r['info']['block_mask_ms']:.2f}"]
+              for r in results]
+    text = "\n".join([
+        f"device: {device_name(device)}; torch {torch.__version__}; {datetime.date.today()}; "
+        f"dtype {dtype}; attn {a.attn}; seq_len {a.seq_len} x {a.rows} rows; k {a.k}; "
+        f"vocab {a.vocab}; peak {device_peak_tflops(a.peak_tflops) or 'n/a'} TFLOP/s",
+        f"command: {command_line(__file__, argv)}", "", markdown_table(head, steps), "",
+        markdown_table(["preset", "options", "examples/step", "single-pass tokens", "LM-only tokens", "capacity",
+                        "single/lm step time", "three/single step time", "BlockMask build ms"], shares)])
     print(text)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
-        Path(a.out).with_suffix(".json").write_text(json.dumps(results, indent=2))
+        write_report(a.out, text, results)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,6 @@ the same update as the single-tensor one).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -63,12 +62,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-from bench.harness import Timers, device_name, spread  # noqa: E402
-from bench.pretrain import read_metrics, tail  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the bench package
+from bench.harness import (ROOT, Timers, markdown_table, provenance, read_metrics,  # noqa: E402
+                           run_logged, spread, tail, write_report)
 from megajepa.cli import HelpFormatter, child_env, positive_int  # noqa: E402
-from megajepa.stats import markdown_table  # noqa: E402
 
 KINDS = ("trainer", "trainer_jepa", "nt", "jepa")
 PARTS = ("data", "forward", "mask", "backward", "optimizer", "other")
@@ -184,17 +181,11 @@ def run_child(spec: dict, out_json: Path, log_path: Path, timeout: float) -> dic
     spec_path.write_text(json.dumps(spec))
     env = dict(child_env(), OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
                PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    t0 = time.time()
-    with open(log_path, "w") as log:
-        try:
-            p = subprocess.run([sys.executable, __file__, "--child", str(spec_path), str(out_json)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
+    rc, wall = run_logged([sys.executable, __file__, "--child", str(spec_path), str(out_json)],
+                          log_path, env, timeout)
     if rc != 0 or not out_json.exists():
-        return dict(ok=False, error=f"exit {rc}: {tail(str(log_path))}", wall_s=time.time() - t0)
-    return dict(ok=True, wall_s=time.time() - t0, **json.loads(out_json.read_text()))
+        return dict(ok=False, error=f"exit {rc}: {tail(str(log_path))}", wall_s=wall)
+    return dict(ok=True, wall_s=wall, **json.loads(out_json.read_text()))
 
 
 # --------------------------------------------------------------------------- the children
@@ -589,17 +580,15 @@ def main(argv=None) -> int:
         line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
         optimizers = json.loads(line[7:]) if line else [dict(name="all", error=p.stderr[-300:])]
     summary = summarize(arms, results, a, tokens_per_step, bound)
-    rep = dict(device=device_name(), date=datetime.date.today().isoformat(), torch=torch.__version__,
+    rep = dict(**provenance(__file__, argv), torch=torch.__version__,
                transformers=transformers.__version__, deepspeed=deepspeed.__version__, threads=a.threads,
                precision=a.precision, model=a.model, params=params, store=a.store, examples=a.examples,
                warmup=a.warmup, steps=a.steps, rounds=a.rounds, seq_len=a.seq_len, k=a.k,
                mean_text=float(t.mean()), mean_code=float(c.mean()),
                tokens_per_step=float(np.mean(tokens_per_step[a.warmup:])),
-               command="python scripts/bench/trainer.py " + " ".join(argv),
                summary=summary, optimizers=optimizers, results=results)
-    (out / "trainer.json").write_text(json.dumps(rep, indent=1, default=float))
     md = markdown(rep)
-    (out / "trainer.md").write_text(md)
+    write_report(out / "trainer.md", md, rep)
     print(md)
     return 0 if all(x["ok"] for x in summary["arms"].values()) else 1
 
