@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import DEEPSPEED
+from test_train import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data.seq_len", "128", "--data.micro_batch_rows", "4", "--optim.warmup_steps", "1",
@@ -23,9 +24,8 @@ TINY = ["--data.seq_len", "128", "--data.micro_batch_rows", "4", "--optim.warmup
 
 
 def pretrain(args, *, env=None, timeout=600):
-    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py")] + args, cwd=ROOT,
-                          env=e, capture_output=True, text=True, timeout=timeout)
+    """``pretrain.py args`` on one thread (test_train.run); the caller checks the exit code."""
+    return run(args, env=dict(OMP_NUM_THREADS="1", **(env or {})), check=False, timeout=timeout)
 
 
 def one_error_line(stderr: str) -> str:

@@ -12,13 +12,12 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_train import run
+
 GAMMA, LAMBDA, STEPS = 1.0, 0.5, 60
 
 
@@ -30,15 +29,11 @@ def curve(nlrx_data, tmp_path_factory):
 
     store = nlrx_data.store
     run_dir = str(tmp_path_factory.mktemp("curve") / "run")
-    cmd = [sys.executable, os.path.join(ROOT, "pretrain.py"), "--data.train", store,
-           "--run-dir", run_dir, "--steps", str(STEPS), "--lr", "3e-3",
-           "--optim.warmup_steps", "5", "--data.seq_len", "128", "--data.micro_batch_rows", "4",
-           "--k", "2", "--gamma", str(GAMMA), "--lambda", str(LAMBDA),
-           "--train.log_every", "1", "--train.save_every", "1000", "--train.export", "false",
-           "--train.final_eval", "false"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert p.returncode == 0, p.stderr[-3000:]
+    run(["--data.train", store, "--run-dir", run_dir, "--steps", str(STEPS), "--lr", "3e-3",
+         "--optim.warmup_steps", "5", "--data.seq_len", "128", "--data.micro_batch_rows", "4",
+         "--k", "2", "--gamma", str(GAMMA), "--lambda", str(LAMBDA),
+         "--train.log_every", "1", "--train.save_every", "1000", "--train.export", "false",
+         "--train.final_eval", "false"], env={"OMP_NUM_THREADS": "1"})
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         steps = [m for m in map(json.loads, filter(str.strip, fh)) if "loss" in m]
     st = open_store(store)
