@@ -11,7 +11,6 @@ import pytest
 from conftest import load_script
 
 bt = load_script("bench/trainer")
-bh = load_script("bench/harness")
 
 
 def test_arms_parse_and_bad_arms_are_one_line():
@@ -23,16 +22,6 @@ def test_arms_parse_and_bad_arms_are_one_line():
         bt.parse_arms("x=gpt:--a")
     with pytest.raises(ValueError, match="each arm once"):
         bt.parse_arms("nt,nt")
-
-
-def test_timers_split_steps_at_the_boundary():
-    t = bh.Timers()
-    t.events = [("data", 0.0, 1.0), ("forward", 1.0, 3.0), ("optimizer", 3.0, 4.0),
-                ("data", 4.0, 4.5), ("forward", 4.5, 5.0), ("optimizer", 5.0, 6.0)]
-    steps = t.per_step("optimizer")
-    assert steps[0]["data"] == 1.0 and steps[0]["forward"] == 2.0 and steps[0]["cycle"] is None
-    assert steps[1] == {"data": 0.5, "forward": 0.5, "optimizer": 1.0, "cycle": 2.0}
-    assert bh.spread([3, 1, 2])["median"] == 2
 
 
 @pytest.mark.slow
