@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from megajepa.ops.cosine_eps import EPS
+from megajepa.ops.triton_common import acc_dtypes, block_d, norm, segment_start, segments
 
 MAX_BLOCK_D = 1024
 
@@ -59,12 +60,8 @@ def _cosine_fwd_kernel(
         dot += a * b
         sa += a * a
         sb += b * b
-    if ACC == tl.float64:
-        na = tl.sqrt(tl.sum(sa, axis=0))
-        nb = tl.sqrt(tl.sum(sb, axis=0))
-    else:  # IEEE-rounded sqrt, as torch; tl.sqrt may be approximate on GPU
-        na = tl.sqrt_rn(tl.sum(sa, axis=0))
-        nb = tl.sqrt_rn(tl.sum(sb, axis=0))
+    na = norm(sa, ACC)
+    nb = norm(sb, ACC)
     cos = tl.sum(dot, axis=0) / (tl.maximum(na, EPS) * tl.maximum(nb, EPS))
     tl.store(cos_ptr + p, cos)
     tl.store(na_ptr + p, na)
@@ -78,10 +75,8 @@ def _cosine_bwd_kernel(
     EPS: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     i = tl.program_id(0)
-    row = tl.load(rows_ptr + i)
-    prev = tl.load(rows_ptr + tl.maximum(i - 1, 0))
-    if (i == 0) | (prev != row):  # only a segment's first program works
-        end = tl.load(seg_end_ptr + i)
+    row, first, end = segment_start(rows_ptr, seg_end_ptr, i)
+    if first:  # only a segment's first program works
         s = -tl.load(grad_ptr).to(ACC) / P
 
         # sum over the segment of cos / (max(n_self, EPS) * n_self), 0 where n_self < EPS
@@ -110,24 +105,14 @@ def _cosine_bwd_kernel(
             tl.store(dh_ptr + row * stride_dh + offs, (s * acc).to(dh_ptr.dtype.element_ty), mask=m)
 
 
-def _acc_dtypes(hidden):
-    if hidden.dtype == torch.float64:
-        return torch.float64, tl.float64
-    return torch.float32, tl.float32
-
-
-def _block_d(D: int) -> int:
-    return min(max(triton.next_power_of_2(D), 16), MAX_BLOCK_D)
-
-
 def cosine_forward(hidden, pred_index, target_index):
     """Per-pair ``(cos, |a|, |b|)`` as ``[P]`` tensors in the accumulation dtype."""
     P, D = pred_index.shape[0], hidden.shape[1]
-    acc_torch, acc_tl = _acc_dtypes(hidden)
+    acc_torch, acc_tl = acc_dtypes(hidden.dtype)
     cos, na, nb = (torch.empty(P, dtype=acc_torch, device=hidden.device) for _ in range(3))
     _cosine_fwd_kernel[(P,)](
         hidden, pred_index, target_index, cos, na, nb, D, hidden.stride(0),
-        EPS=EPS, ACC=acc_tl, BLOCK_D=_block_d(D), num_warps=4,
+        EPS=EPS, ACC=acc_tl, BLOCK_D=block_d(D, MAX_BLOCK_D), num_warps=4,
     )
     return cos, na, nb
 
@@ -136,14 +121,13 @@ def cosine_backward(hidden, pred_index, target_index, cos, na, nb, grad_loss, st
     """``d_hidden [N, D]`` in ``hidden``'s dtype for ``loss = 1 - cos.mean()``."""
     P, D = pred_index.shape[0], hidden.shape[1]
     rows = pred_index if stopgrad_target else torch.cat([pred_index, target_index])
-    rows_sorted, entry = torch.sort(rows, stable=True)
-    seg_end = torch.searchsorted(rows_sorted, rows_sorted, right=True)
+    rows_sorted, entry, seg_end = segments(rows)
     d_hidden = torch.zeros_like(hidden)
-    _, acc_tl = _acc_dtypes(hidden)
+    _, acc_tl = acc_dtypes(hidden.dtype)
     _cosine_bwd_kernel[(rows.shape[0],)](
         hidden, d_hidden, pred_index, target_index, cos, na, nb, grad_loss.reshape(1).contiguous(),
         rows_sorted, entry, seg_end, P, D, hidden.stride(0), d_hidden.stride(0),
-        EPS=EPS, ACC=acc_tl, BLOCK_D=_block_d(D), num_warps=4,
+        EPS=EPS, ACC=acc_tl, BLOCK_D=block_d(D, MAX_BLOCK_D), num_warps=4,
     )
     return d_hidden
 

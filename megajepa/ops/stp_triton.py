@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from megajepa.ops.cosine_eps import EPS
+from megajepa.ops.triton_common import acc_dtypes, block_d, norm, segment_start, segments
 
 MAX_BLOCK_D = 512
 
@@ -88,12 +89,8 @@ def _stp_fwd_kernel(
             sa += a * a
             sb += b * b
     if COS:
-        if ACC == tl.float64:
-            na = tl.sqrt(tl.sum(sa, axis=0))
-            nb = tl.sqrt(tl.sum(sb, axis=0))
-        else:  # IEEE-rounded sqrt, as torch; tl.sqrt may be approximate on GPU
-            na = tl.sqrt_rn(tl.sum(sa, axis=0))
-            nb = tl.sqrt_rn(tl.sum(sb, axis=0))
+        na = norm(sa, ACC)
+        nb = norm(sb, ACC)
         tl.store(cos_ptr + p, tl.sum(dot, axis=0) / (tl.maximum(na, EPS) * tl.maximum(nb, EPS)))
         tl.store(na_ptr + p, na)
         tl.store(nb_ptr + p, nb)
@@ -129,10 +126,8 @@ def _stp_scatter_kernel(
     K: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     i = tl.program_id(0)
-    row = tl.load(rows_ptr + i)
-    prev = tl.load(rows_ptr + tl.maximum(i - 1, 0))
-    if (i == 0) | (prev != row):  # only a segment's first program works
-        end = tl.load(seg_end_ptr + i)
+    row, first, end = segment_start(rows_ptr, seg_end_ptr, i)
+    if first:  # only a segment's first program works
         for d0 in range(0, D, BLOCK_D):
             offs = d0 + tl.arange(0, BLOCK_D)
             m = offs < D
@@ -148,23 +143,15 @@ def _stp_scatter_kernel(
             tl.store(dh_ptr + row * stride_dh + offs, acc.to(dh_ptr.dtype.element_ty), mask=m)
 
 
-def _acc(dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
-def _block_d(D: int) -> int:
-    return min(max(triton.next_power_of_2(D), 16), MAX_BLOCK_D)
-
-
 def _meta(index, D, acc_tl, **flags):
     K = index.shape[1]
-    return dict(K=K, KP=max(triton.next_power_of_2(K), 2), ACC=acc_tl, BLOCK_D=_block_d(D), num_warps=4, **flags)
+    return dict(K=K, KP=max(triton.next_power_of_2(K), 2), ACC=acc_tl, BLOCK_D=block_d(D, MAX_BLOCK_D), num_warps=4, **flags)
 
 
 def tube_forward(hidden, index, span_coef, rest_coef, *, write: bool, cos: bool):
     """``(rest, span [P, D] or None, cos, |rest|, |span| [P] or None)`` in the accumulation dtype."""
     P, D = index.shape[0], hidden.shape[1]
-    acc_torch, acc_tl = _acc(hidden.dtype)
+    acc_torch, acc_tl = acc_dtypes(hidden.dtype)
     dev = hidden.device
     a, b = ((torch.empty(P, D, dtype=acc_torch, device=dev) for _ in range(2)) if write
             else (hidden, hidden))  # unused pointers
@@ -177,7 +164,7 @@ def tube_forward(hidden, index, span_coef, rest_coef, *, write: bool, cos: bool)
 def rows_cosine(a, b):
     """Per-row ``(cos, |a|, |b|)`` of dense ``[P, D]`` tensors (the predictor path)."""
     P, D = a.shape
-    acc_torch, acc_tl = _acc(a.dtype)
+    acc_torch, acc_tl = acc_dtypes(a.dtype)
     c, na, nb = (torch.empty(P, dtype=acc_torch, device=a.device) for _ in range(3))
     dummy = torch.empty((1, 1), dtype=torch.int64, device=a.device)
     _stp_fwd_kernel[(P,)](a, dummy, dummy, dummy, a, b, c, na, nb, D, D,
@@ -200,7 +187,7 @@ def cosine_grads(cos, na, nb, weight, scale, *, tube=None, dense=None):
         index = torch.empty((1, 1), dtype=torch.int64, device=a.device)
         args = (a, index, index, index, a, b)
         stride = D
-    acc_torch, acc_tl = _acc(ref.dtype)
+    acc_torch, acc_tl = acc_dtypes(ref.dtype)
     ga, gb = (torch.empty(P, D, dtype=acc_torch, device=ref.device) for _ in range(2))
     neg = (-scale).reshape(1).to(acc_torch).contiguous()
     _stp_grad_kernel[(P,)](*args, cos, na, nb, weight, neg, ga, gb, D, stride,
@@ -210,14 +197,13 @@ def cosine_grads(cos, na, nb, weight, scale, *, tube=None, dense=None):
 
 def scatter(g_rest, g_span, index, span_coef, rest_coef, like: torch.Tensor):
     """``d_hidden`` (shaped and typed ``like``): each span's gradients into its signed rows."""
-    rows_sorted, entry = torch.sort(index.reshape(-1), stable=True)
-    seg_end = torch.searchsorted(rows_sorted, rows_sorted, right=True)
+    rows_sorted, entry, seg_end = segments(index.reshape(-1))
     d_hidden = torch.zeros_like(like)
     D = like.shape[1]
-    _, acc_tl = _acc(like.dtype)
+    _, acc_tl = acc_dtypes(like.dtype)
     _stp_scatter_kernel[(rows_sorted.shape[0],)](
         g_rest.contiguous(), g_span.contiguous(), span_coef, rest_coef, rows_sorted, entry, seg_end,
-        d_hidden, D, d_hidden.stride(0), K=index.shape[1], ACC=acc_tl, BLOCK_D=_block_d(D), num_warps=4)
+        d_hidden, D, d_hidden.stride(0), K=index.shape[1], ACC=acc_tl, BLOCK_D=block_d(D, MAX_BLOCK_D), num_warps=4)
     return d_hidden
 
 
@@ -260,7 +246,7 @@ class GatherTube(torch.autograd.Function):
     def backward(ctx, g_rest, g_span):
         index, cs, cr = ctx.saved_tensors
         shape, dtype, device = ctx.like
-        zero = torch.zeros(index.shape[0], shape[1], dtype=_acc(dtype)[0], device=device)
+        zero = torch.zeros(index.shape[0], shape[1], dtype=acc_dtypes(dtype)[0], device=device)
         g_rest = zero if g_rest is None else g_rest.to(zero.dtype)
         g_span = zero if g_span is None else g_span.to(zero.dtype)
         like = torch.empty(shape, dtype=dtype, device=device)
@@ -293,7 +279,7 @@ def stp_loss_triton(hidden, index, span_coef, rest_coef, weight, *, predictor=No
     if hidden.stride(1) != 1:
         hidden = hidden.contiguous()
     dev = hidden.device
-    acc = _acc(hidden.dtype)[0]
+    acc = acc_dtypes(hidden.dtype)[0]
     index = index.to(device=dev, dtype=torch.int64).contiguous()
     span_coef, rest_coef = (c.to(device=dev, dtype=torch.float32).contiguous() for c in (span_coef, rest_coef))
     weight = weight.to(device=dev, dtype=acc).contiguous()
