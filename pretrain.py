@@ -6,7 +6,7 @@
 """
 import sys
 
-from megajepa.train import main
+from megajepa.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

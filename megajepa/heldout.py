@@ -1,22 +1,18 @@
 """Held-out evaluation the training loop calls: periodic losses and representation
-diagnostics (every ``train.eval_every`` steps), and the final generation eval.
+diagnostics, every ``train.eval_every`` steps (the final generation eval is
+:mod:`megajepa.launch`'s).
 
-* :func:`held_out_metrics` (collective, every rank): LM/JEPA losses of the first
-  ``max_batches`` packed micro-batches of ``data.eval_store`` per rank, normalized by the
+:func:`held_out_metrics` (collective, every rank): LM/JEPA losses of the first
+``max_batches`` packed micro-batches of ``data.eval_store`` per rank, normalized by the
   global label-token / pair counts; the collapse metrics of the JEPA read-outs of the same
   forwards (the engine returns their hidden states), laid out as training reads them
   (``jepa.k``, ``jepa.read_at``; :func:`megajepa.collapse.collapse_metrics`: paired and
   shuffled cosine, effective ranks); and ``Enc(Text)`` / ``Enc(Code)`` diagnostics
   (:func:`megajepa.collapse.diagnostics`) from one more forward of the same examples in the
-  k = 0 layout, on rank 0. The eval loader is built at the first eval and rewound at each later one, so every
-  eval sees the same batches.
-* :func:`final_eval` (rank 0): greedy generation with the exported Hugging Face model on the
-  held-out chat records, written to ``<run_dir>/final_eval.json``.
+  k = 0 layout, on rank 0. The eval loader is built at the first eval and rewound at each
+  later one, so every eval sees the same batches.
 """
 from __future__ import annotations
-
-import json
-import os
 
 import numpy as np
 import torch
@@ -25,10 +21,7 @@ import torch.distributed as dist
 from megajepa import stp
 from megajepa.collapse import METRICS, collapse_metrics, diagnostics
 from megajepa.config import stp_spec
-from megajepa.console import say
 from megajepa.data import RunData
-from megajepa.eval import evaluate
-from megajepa.eval.run import load_model
 from megajepa.layout import pack, to_device
 from megajepa.loader import PackedLoader
 from megajepa.objective import hidden_states, jepa_count
@@ -111,17 +104,3 @@ def _collapse(pred, target, rank: int, world: int) -> dict:
         return {}
     m = collapse_metrics(p, t)
     return {f"eval/{k}": m[k] for k in METRICS} | {"eval/pairs": m["n"]}
-
-
-def final_eval(cfg, export_dir: str, data: RunData, run_dir: str) -> dict:
-    """Greedy generation on the held-out pairs with the exported model (rank 0)."""
-    model, tok = load_model(export_dir)
-    task = cfg.train.eval_task
-    metrics = evaluate(model, tok, data.eval_records, task, template=cfg.data.template,
-                       max_new_tokens=cfg.train.max_new_tokens,
-                       system_in_plain=data.system_in_plain)
-    with open(os.path.join(run_dir, "final_eval.json"), "w") as fh:
-        json.dump(metrics, fh, indent=2)
-    shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-    say(f"final held-out eval ({metrics.get('n')} pairs, {task}): {shown}")
-    return metrics

@@ -3,7 +3,10 @@
 
     run = setup(cfg)   config -> data (store, tokenizer) -> model (zero.Init for ZeRO-3) -> engine -> resume
     for step:          micro-batches -> forward -> backward -> step -> [read: log, checks] -> eval/save
-    finish(...)        export (HF folder) -> held-out generation eval
+    finish(...)        close the logs; the result says whether the run reached its last step
+
+What follows a finished run (the Hugging Face export, the final generation eval) and the
+command line are :mod:`megajepa.launch`'s, a floor above: the loop imports no export or eval.
 
 Losses are normalized by global counts: DeepSpeed divides each micro-batch loss by the
 accumulation steps and averages gradients over ranks, so each micro-batch's sums are divided
@@ -52,8 +55,7 @@ from megajepa import (checkpoint, config as config_mod, console, data as data_mo
                       schedule, stp)
 from megajepa.collapse import log_diagnostics
 from megajepa.ds_config import offloads_optimizer, resolve as resolve_ds, zero_stage
-from megajepa.export import export
-from megajepa.heldout import final_eval, held_out_metrics
+from megajepa.heldout import held_out_metrics
 from megajepa.layout import to_device
 from megajepa.loader import PackedLoader, budget_steps
 from megajepa.model import (apply_lora, build_model, lora_token_ids, optimize, register_lora_zero3,
@@ -683,66 +685,19 @@ def save(run: Run, step: int) -> None:
 
 
 def finish(run: Run, step: int, exit_reason: str, last: dict) -> dict:
-    """Close the logs; one line when the run stopped early; when it reached ``train.steps``:
-    export and final eval (rank 0)."""
+    """Close the logs; one line when the run stopped early. The result's ``done``: the run
+    reached its last step (``checkpoint``: that step's), for :mod:`megajepa.launch`."""
     cfg = run.cfg
     if step == run.start and run.start > 0:
         console.say(f"checkpoint is already at step {run.start} of {run.end}: nothing to train")
     run.logger.close()
-    result = {"step": step, "exit": exit_reason, "run_dir": run.run_dir,
-              "module": run.engine.module, **last}
-    dist.barrier()
     done = exit_reason == "done" and step >= run.total and not cfg.train.stop_at
+    result = {"step": step, "exit": exit_reason, "run_dir": run.run_dir, "done": done,
+              "checkpoint": os.path.join(run.ckpt_root, checkpoint.tag_for(step)),
+              "ckpt_root": run.ckpt_root, "data": run.data, "module": run.engine.module, **last}
+    dist.barrier()
     if not done and step > run.start:
         by = "train.stop_at" if exit_reason == "done" else exit_reason
         console.say(f"stopped at step {step} by {by}; checkpoint "
-                    f"{os.path.join(run.ckpt_root, checkpoint.tag_for(step))}; resume with --resume auto")
-    if done and run.is_main:
-        result.update(_export_and_eval(run, step))
-        console.say(f"logs: {run.run_dir}/metrics.jsonl and {run.run_dir}/tb (tensorboard --logdir "
-                    f"{run.run_dir}/tb); checkpoints: {run.ckpt_root}")
-    dist.barrier()
+                    f"{result['checkpoint']}; resume with --resume auto")
     return result
-
-
-def _export_and_eval(run: Run, step: int) -> dict:
-    out = {}
-    if not run.cfg.train.export:
-        return out
-    export_dir = os.path.join(run.run_dir, "export")
-    export(os.path.join(run.ckpt_root, checkpoint.tag_for(step)), export_dir, overwrite=True)
-    out["export"] = export_dir
-    console.say(f"exported Hugging Face model to {export_dir}")
-    if run.cfg.train.final_eval and run.data.eval_records:
-        out["final_eval"] = final_eval(run.cfg, export_dir, run.data, run.run_dir)
-    elif run.cfg.train.final_eval:
-        console.say("final eval skipped: no held-out data; pass --data.eval <chat JSONL> to evaluate "
-                    "the export (or --train.final_eval false to drop this note)")
-    return out
-
-
-def _error(e: BaseException, code: int) -> int:
-    """One ``error:`` line for the whole launch, from rank 0: the errors main catches are the
-    same on every rank (the config, data errors rank 0 shares, a non-finite loss the ranks
-    agreed on); every rank exits with ``code``."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"error: {e}", file=sys.stderr)
-    return code
-
-
-def main(argv=None) -> int:
-    try:
-        cfg = config_mod.load(argv)
-    except ValueError as e:
-        return _error(e, 2)
-    try:
-        result = train(cfg)
-    except NonFiniteLoss as e:
-        return _error(e, 3)
-    except (ValueError, FileNotFoundError) as e:
-        return _error(e, 2)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
-    return 0 if result else 1

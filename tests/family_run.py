@@ -17,7 +17,7 @@ import sys
 import torch
 
 from megajepa.config import load
-from megajepa.train import train
+from megajepa.launch import run as train  # the loop, then the export
 
 
 def trained_state(lm) -> dict:

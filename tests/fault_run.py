@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from megajepa import checkpoint, objective  # noqa: E402
-from megajepa.train import main  # noqa: E402
+from megajepa.launch import main  # noqa: E402
 
 
 def nan_loss(n: int) -> None:

@@ -82,7 +82,7 @@ def test_jsonl_train_is_preprocessed_into_the_run_dir(stopped_run, jsonl):
 ])
 def test_missing_path_is_one_line_and_writes_nothing(flag, value, message, tmp_path, capsys,
                                                      monkeypatch):
-    from megajepa.train import main
+    from megajepa.launch import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_dir").mkdir()

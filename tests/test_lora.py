@@ -129,7 +129,7 @@ LORA_CHECK = """
 import json, sys, torch, deepspeed
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from megajepa.config import load
-from megajepa.train import train
+from megajepa.launch import run as train  # the loop, then the export
 cfg = load(sys.argv[1:])
 result = train(cfg)                      # in process: the trained (unmerged) peft model
 lm = result["module"].lm

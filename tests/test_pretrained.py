@@ -146,7 +146,7 @@ def test_from_package_finds_the_one_gguf_without_importing_it(tmp_path, monkeypa
 def test_folder_without_weights_is_refused_before_anything_is_written(data, tmp_path, capsys):
     import shutil
 
-    from megajepa.train import main
+    from megajepa.launch import main
 
     cfg_only = tmp_path / "cfg_only"
     shutil.copytree(data["hf"], cfg_only, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -204,7 +204,7 @@ def test_every_tokenization_uses_the_models_tokenizer(data, tmp_path):
 def test_store_with_another_vocabulary_is_refused(data, tmp_path, capsys):
     from data_tools.preprocess import preprocess
     from data_tools.tokenizer import train_sentencepiece
-    from megajepa.train import main
+    from megajepa.launch import main
 
     texts = [json.loads(ln)["messages"][1]["content"] for ln in open(data["train"])]
     train_sentencepiece(texts, str(tmp_path / "spm"), vocab_size=200, k=2)

@@ -282,7 +282,7 @@ EXPORT_CHECK = """
 import sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from megajepa.config import load
-from megajepa.train import train
+from megajepa.launch import run as train  # the loop, then the export
 cfg = load(sys.argv[1:])
 cfg.train.export = True
 result = train(cfg)                      # in process: keep the trained model object

@@ -355,7 +355,7 @@ def ours_child(spec) -> dict:
     """pretrain.py's main in this process, with timers around its parts; checkpoints skipped."""
     from deepspeed.runtime.engine import DeepSpeedEngine
 
-    from megajepa import objective, train as train_mod
+    from megajepa import launch, objective, train as train_mod
 
     timers = Timers()
     timers.wrap(train_mod, "next_batch", "data")
@@ -364,7 +364,7 @@ def ours_child(spec) -> dict:
     timers.wrap(DeepSpeedEngine, "backward", "backward")
     timers.wrap(DeepSpeedEngine, "step", "optimizer")
     train_mod.save = lambda run, step: None  # checkpoints are not part of the measurement
-    if train_mod.main(spec["argv"]) != 0:
+    if launch.main(spec["argv"]) != 0:
         raise SystemExit("pretrain.py failed")
     parts = timers.per_step("optimizer")
     recs = {r["step"]: r for r in read_metrics(os.path.join(spec["run_dir"], "metrics.jsonl"))}
