@@ -1,6 +1,7 @@
 """Shared fixtures: tiny fp32 models and small mixed batches (no downloads, CPU only)."""
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,14 @@ PAD = 0
 # the DeepSpeed launcher of the environment the tests run in (a bare `deepspeed` on PATH may
 # be another environment's, or none, when the venv is not activated)
 DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner"]
+
+
+def free_port() -> int:
+    """A TCP port free now, for a launcher's ``--master_port`` (a fixed one clashes with
+    another suite's rendezvous on the same machine)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def load_script(name: str):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import transformers
 from megajepa import forward, masking, objective, pack
 from megajepa.layout import PAD_DOC, PRED, TEXT
 
-from conftest import DEEPSPEED, PAD, PRED_IDS, ROOT, load_script, random_examples
+from conftest import DEEPSPEED, PAD, PRED_IDS, ROOT, free_port, load_script, random_examples
 from test_objective import distance64, hand_lm_sequences, hand_reads, in_order_rows
 
 WINDOW = 4  # shorter than most documents (views of 2..9 tokens, plus predictors)
@@ -296,11 +295,6 @@ def family_dirs(tmp_path_factory):
                progress=False)
     return d
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_families(args, launcher=(sys.executable,)):

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import DEEPSPEED
+from conftest import DEEPSPEED, free_port
 from test_train import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,7 +179,7 @@ def test_two_ranks_build_from_jsonl_and_stop_on_the_stop_file(jsonl, tmp_path):
     (d / "STOP").touch()
     later = time.time() + 3600   # as if touched after the start (an older one is stale, removed)
     os.utime(d / "STOP", (later, later))
-    cmd = DEEPSPEED + ["--quiet", "--num_gpus", "2", "--master_port", "29741",
+    cmd = DEEPSPEED + ["--quiet", "--num_gpus", "2", "--master_port", str(free_port()),
            os.path.join(ROOT, "pretrain.py"), "--data.train", jsonl, "--steps", "6",
            "--run-dir", str(d), "--train.log_every", "2", "--data.micro_batch_rows", "2"] + TINY[2:]
     p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu"),
@@ -195,7 +195,7 @@ def test_two_ranks_build_from_jsonl_and_stop_on_the_stop_file(jsonl, tmp_path):
 
 def test_two_ranks_print_one_error_line_and_both_exit_2(tmp_path):
     """A bad input under the launcher: one ``error:`` line for the launch, not one per rank."""
-    cmd = DEEPSPEED + ["--quiet", "--num_gpus", "2", "--master_port", "29743",
+    cmd = DEEPSPEED + ["--quiet", "--num_gpus", "2", "--master_port", str(free_port()),
                        os.path.join(ROOT, "pretrain.py"), "--data.train", str(tmp_path / "none.jsonl"),
                        "--run-dir", str(tmp_path / "run")]
     p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu"),

@@ -254,7 +254,7 @@ def test_lora_under_zero_stages(chat, lora_run, tmp_path, stage, ranks):
     ZeRO-3 on two ranks (adapters made whole and partitioned by the engine; the token rows
     gathered where peft reads them) train the same curve as ZeRO-0 on one rank, with the same
     global batch; the merged export = the trained model, gathered."""
-    from conftest import DEEPSPEED
+    from conftest import DEEPSPEED, free_port
 
     d = str(tmp_path / stage)
     rows = ["--data.micro_batch_rows", str(4 // ranks)]
@@ -264,7 +264,7 @@ def test_lora_under_zero_stages(chat, lora_run, tmp_path, stage, ranks):
         p = pretrain(args, script=LORA_CHECK)
         assert "LORA_EXPORT_MATCHES" in p.stdout
     else:  # the launcher runs pretrain.py; the export is checked against its logits below
-        cmd = DEEPSPEED + ["--num_gpus", str(ranks), "--master_port", "29743",
+        cmd = DEEPSPEED + ["--num_gpus", str(ranks), "--master_port", str(free_port()),
                            os.path.join(ROOT, "pretrain.py")] + args
         p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                            capture_output=True, text=True, timeout=900)

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import DEEPSPEED
+from conftest import DEEPSPEED, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["--train.log_every", "1", "--train.export", "false", "--train.final_eval", "false",
@@ -272,7 +272,7 @@ def test_two_rank_zero3_loss_falls(store, tmp_path):
     d = str(tmp_path / "z3")
     run(["--data.train", store, "--steps", "6", "--run-dir", d, "--ds-config",
          "ds_configs/zero3.json"] + COMMON + ["--train.export", "true"],
-        launcher=DEEPSPEED + ["--num_gpus", "2", "--master_port", "29731"])
+        launcher=DEEPSPEED + ["--num_gpus", "2", "--master_port", str(free_port())])
     m = metrics(d)
     assert len(m) == 6 and m[-1]["loss"] < m[0]["loss"]
     assert os.path.exists(os.path.join(d, "export", "config.json"))

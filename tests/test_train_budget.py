@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import DEEPSPEED
+from conftest import DEEPSPEED, free_port
 from test_train import assert_same_curve, metrics, run, store  # noqa: F401 - store is a fixture
 
 E, EPOCHS, LR = 64, 2, 1e-3
@@ -152,7 +152,7 @@ def test_two_ranks_with_sigreg_equal_one_rank_with_the_same_global_batch(store, 
     run(args + ["--run-dir", one])
     two_args = args + ["--run-dir", two]
     two_args[two_args.index("--data.micro_batch_examples") + 1] = str(E // 2)
-    run(two_args, launcher=DEEPSPEED + ["--num_gpus", "2", "--master_port", "29741"])
+    run(two_args, launcher=DEEPSPEED + ["--num_gpus", "2", "--master_port", str(free_port())])
     assert len(curve(one)) == 4
     assert_same_curve(curve(two), curve(one), tol=2e-5)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEEPSPEED
+from conftest import DEEPSPEED, free_port
 from test_train import ROOT, assert_same_curve, losses, metrics, run, store  # noqa: F401 (fixture)
 
 STP = ["--train.log_every", "1", "--train.export", "false", "--train.final_eval", "false",
@@ -201,7 +201,7 @@ def test_two_rank_zero3_stp_predictor(store, tmp_path):  # noqa: F811
     d = str(tmp_path / "z3")
     run(["--data.train", store, "--steps", "4", "--run-dir", d, "--ds-config", "ds_configs/zero3.json"]
         + STP + ["--jepa.stp_predictor", "true", "--train.export", "true"],
-        launcher=DEEPSPEED + ["--num_gpus", "2", "--master_port", "29733"])
+        launcher=DEEPSPEED + ["--num_gpus", "2", "--master_port", str(free_port())])
     m = metrics(d)
     assert len(m) == 4 and m[-1]["jepa_loss"] < m[0]["jepa_loss"]
     assert os.path.exists(os.path.join(d, "export", "config.json"))
