@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import psutil
 import torch
+import yaml
 import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
@@ -263,7 +264,37 @@ def _resume_target(cfg, ckpt_root: str):
         root, tag = checkpoint.resolve_checkpoint(cfg.train.resume)
     if tag:
         checkpoint.verify(os.path.join(root, tag))
+        _check_same_module(cfg, os.path.join(root, tag))
     return root, tag
+
+
+def _module_settings(cfg) -> dict:
+    """The settings that decide which parameters the trained module has."""
+    m, j = cfg.model, cfg.jepa
+    out = {"model.lora_rank": m.lora_rank, "jepa.sigreg_head": j.sigreg_head,
+           "jepa.stp_predictor": j.stp_predictor and j.objective == "stp"}
+    if m.init_from is None:
+        out["model.preset"] = m.preset
+    if m.lora_rank:
+        out["model.lora_targets"] = m.lora_targets
+    return out
+
+
+def _check_same_module(cfg, path: str) -> None:
+    """A checkpoint resumes only into a module with the same parameters: one line naming
+    what differs, before DeepSpeed fails inside its state dict."""
+    try:
+        with open(os.path.join(path, "config.yaml")) as fh:
+            saved = config_mod.from_dict(yaml.safe_load(fh) or {})
+    except (OSError, ValueError, yaml.YAMLError):
+        return  # no readable config beside the weights: DeepSpeed's own load decides
+    there, here = _module_settings(saved), _module_settings(cfg)
+    diff = [f"{k} {there.get(k)!r} there, {here.get(k)!r} here" for k in sorted(set(there) | set(here))
+            if there.get(k) != here.get(k)]
+    if diff:
+        raise ValueError(f"train.resume: the checkpoint {path} holds another module ({'; '.join(diff)}): "
+                         "resume with the settings it was trained with, or start a new run from its "
+                         "export with --init-from")
 
 
 def _set_aside_old_checkpoints(cfg, load_root: str, ckpt_root: str) -> None:

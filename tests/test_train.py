@@ -345,6 +345,19 @@ def test_export_cli_and_resume_errors(reference_run, tmp_path):
     assert p.returncode == 2 and "no complete checkpoint" in p.stderr
 
 
+def test_resume_into_another_module_is_one_line_and_writes_nothing(store, reference_run, tmp_path):
+    """A checkpoint resumes only into a module with the same parameters (here another preset;
+    LoRA rank, SIGReg head and STP predictor likewise), refused before DeepSpeed's load."""
+    d = tmp_path / "other"
+    p = run(["--data.train", store, "--resume", reference_run, "--steps", "10", "--run-dir", str(d),
+             "--model.preset", "mini"] + COMMON, check=False)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+    assert lines[0].startswith("error: train.resume: the checkpoint ") and \
+        "model.preset 'tiny' there, 'mini' here" in lines[0]
+    assert not d.exists()
+
+
 def test_fresh_start_in_a_used_run_dir_sets_old_checkpoints_aside(store, tmp_path):
     d = str(tmp_path / "again")
     args = ["--data.train", store, "--steps", "2", "--run-dir", d] + COMMON
