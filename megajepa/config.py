@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -373,6 +374,12 @@ def from_dict(data: dict) -> Config:
         for name, value in values.items():
             _apply(cfg, f"{section}.{name}", value, "saved config")
     return cfg
+
+
+def read_saved(tag_dir: str) -> Config:
+    """The run config a checkpoint tag was saved with (its ``config.yaml``)."""
+    with open(os.path.join(tag_dir, "config.yaml")) as fh:
+        return from_dict(yaml.safe_load(fh) or {})
 
 
 def validate(cfg: Config, explicit=frozenset()) -> None:

@@ -29,7 +29,6 @@ import shutil
 import sys
 
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from data_tools.store import open_store
@@ -37,7 +36,7 @@ from data_tools.templates import SEP_TOKEN, pair_views, prompt_ids
 from data_tools.tokenizer import load_tokenizer
 from megajepa import checkpoint
 from megajepa.cli import HelpFormatter
-from megajepa.config import from_dict
+from megajepa.config import read_saved
 from megajepa.console import prepare, quiet
 from megajepa.data import train_store_path
 from megajepa.model import apply_lora, llama_config, lora_token_ids
@@ -220,8 +219,7 @@ def export(checkpoint_path: str, out_dir: str, *, dtype: str = "auto",
         raise FileNotFoundError(f"checkpoint {checkpoint_path}: does not exist")
     root, tag = checkpoint.resolve_checkpoint(checkpoint_path)
     tag_dir = os.path.join(root, tag)
-    with open(os.path.join(tag_dir, "config.yaml")) as fh:
-        cfg = from_dict(yaml.safe_load(fh))
+    cfg = read_saved(tag_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     if dtype == "auto":

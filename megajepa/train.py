@@ -47,9 +47,9 @@ from dataclasses import dataclass
 
 import psutil
 import torch
-import yaml
 import torch.distributed as dist
 import torch.nn as nn
+import yaml
 from tqdm import tqdm
 
 from megajepa import (checkpoint, config as config_mod, console, data as data_mod, objective, pretrained,
@@ -284,8 +284,7 @@ def _check_same_module(cfg, path: str) -> None:
     """A checkpoint resumes only into a module with the same parameters: one line naming
     what differs, before DeepSpeed fails inside its state dict."""
     try:
-        with open(os.path.join(path, "config.yaml")) as fh:
-            saved = config_mod.from_dict(yaml.safe_load(fh) or {})
+        saved = config_mod.read_saved(path)
     except (OSError, ValueError, yaml.YAMLError):
         return  # no readable config beside the weights: DeepSpeed's own load decides
     there, here = _module_settings(saved), _module_settings(cfg)
