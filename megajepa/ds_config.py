@@ -22,11 +22,12 @@ activations::
     zero3  16/N        + every layer's weights all-gathered in forward and again in backward
     zero3_offload      optimizer state and weights in host memory (slowest)
 
-On one GPU ZeRO-2/3 partition nothing (N = 1) and only add gathers, so ``auto`` is zero1
-whenever it fits (1B and 3B on an 80 GB GPU) and zero3_offload otherwise (8B). On one CPU
-process it is zero0 (measured, docs/benchmarks.md: ZeRO-1 partitions nothing on one rank and
-its step over a flattened copy of the weights cost 1.5x ZeRO-0's at SmolLM2-135M), or zero1
-when ``train.on_nonfinite = skip`` needs a ZeRO optimizer; several CPU ranks: zero1.
+One process partitions nothing (N = 1), so there ``auto`` is zero0 whenever its 16 bytes per
+parameter fit (1B and 3B on an 80 GB GPU, any size on a CPU) and zero3_offload otherwise (8B on
+one GPU). Measured (docs/benchmarks.md): ZeRO-1's step over a flattened copy of the weights cost
+1.5x ZeRO-0's at SmolLM2-135M on one CPU thread, and 2% more time and 0.4 GiB more memory at
+Llama-3.2-1B on one H100. zero1 instead of zero0 when ``train.on_nonfinite = skip`` needs a
+ZeRO optimizer; several ranks: the table above (several CPU ranks: zero1).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ STATE_BYTES = {
     "ds_configs/zero2.json": lambda n: 2 + 14 / n,
     "ds_configs/zero3.json": lambda n: 16 / n,
 }
+ZERO0_BYTES = 16  # one rank, no ZeRO: bf16 weights and gradients, fp32 master and moments
 OFFLOAD = "ds_configs/zero3_offload.json"
 STATE_BUDGET = 0.7  # of one GPU's memory; the rest is for activations and buffers
 
@@ -73,6 +75,10 @@ def choose(params: int, world_size: int, gpu_memory: int | None, *,
         return "ds_configs/zero0.json", ("one CPU process: ZeRO-1 would partition nothing and its step "
                                          "over flattened weights is slower (docs/benchmarks.md)")
     budget = STATE_BUDGET * gpu_memory
+    if world_size == 1 and not skip_nonfinite and ZERO0_BYTES * params <= budget:
+        return "ds_configs/zero0.json", (f"{params / 1e9:.2f}B parameters on one GPU: nothing to "
+                                         f"partition; model states {ZERO0_BYTES * params / 2**30:.1f} GiB "
+                                         f"<= {STATE_BUDGET:.0%} of {gpu_memory / 2**30:.0f} GiB")
     for path, per_param in STATE_BYTES.items():
         need = per_param(world_size) * params
         if need <= budget:
@@ -92,7 +98,7 @@ def auto_path(cfg: Config, world_size: int, gpu_memory: int | None = None) -> tu
         return choose(0, world_size, None, skip_nonfinite=cfg.train.on_nonfinite == "skip")
     m = cfg.model
     params = estimate_parameters(preset=None if m.init_from else m.preset, init_from=m.init_from)
-    return choose(params, world_size, gpu_memory)
+    return choose(params, world_size, gpu_memory, skip_nonfinite=cfg.train.on_nonfinite == "skip")
 
 
 # Sections that belong to the run config (client optimizer and scheduler in train.py).
@@ -183,6 +189,8 @@ def main(argv=None) -> int:
     mem = int(a.gpu_memory_gib * 2**30)
     path, why = choose(params, a.gpus, mem)
     print(f"{path}  ({why})")
+    if a.gpus == 1:
+        print(f"  {'ds_configs/zero0.json':<24} {ZERO0_BYTES * params / 2**30:7.1f} GiB model states per GPU")
     for f, per_param in STATE_BYTES.items():
         print(f"  {f:<24} {per_param(a.gpus) * params / 2**30:7.1f} GiB model states per GPU")
     return 0

@@ -83,7 +83,8 @@ def _ok(preset, variant, **kw):
 
 
 def test_report_rows_from_outputs(tmp_path):
-    _report(tmp_path, [_ok("llama-3.2-1b", "single"), _ok("llama-3.2-1b", "lm", samples_per_s=125.0),
+    _report(tmp_path, [_ok("llama-3.2-1b", "single"),
+                       _ok("llama-3.2-1b", "lm", samples_per_s=125.0, tokens_per_s=4e4),
                        dict(preset="llama-3.2-3b", variant="single", ok=False, rows=[1, 4],
                             error="CUDA out of memory")])
     anc = dict(device="NVIDIA H100 80GB HBM3", date="2026-12-01", preset="llama-3.2-1b",
@@ -95,7 +96,8 @@ def test_report_rows_from_outputs(tmp_path):
     assert [ln.split(" | ")[0].lstrip("| ") for ln in lines[2:]] == list(br.FIGURES)
     assert "| 0.47 | NVIDIA H100" in lines[2]
     assert "not measured (no successful llama-3.2-3b run)" in lines[3]
-    assert "| 1.25 (bound 1.31) |" in lines[4]
+    assert "| 1.05 (bound 1.31) |" in lines[4]          # 4e4 / 5e4 x 1.31: same examples
+    assert "1.25 over the examples" in lines[4]         # samples/s: the windows' own examples
     assert "| 15.0 (three) |" in lines[5]
     assert "| 41.2 |" in lines[6]
 

@@ -11,8 +11,8 @@ SIZES = {"1b": 1.236e9, "3b": 3.213e9, "8b": 8.030e9}
 
 
 @pytest.mark.parametrize("size,gpus,mem_gib,want", [
-    ("1b", 1, 80, "zero1"),          # 19.8 GB of states: ZeRO-2/3 would partition nothing
-    ("3b", 1, 80, "zero1"),          # 51 GB: still fits, with 29 GB for activations
+    ("1b", 1, 80, "zero0"),          # 19.8 GB of states: one rank has nothing to partition
+    ("3b", 1, 80, "zero0"),          # 51 GB: still fits, with 29 GB for activations
     ("8b", 1, 80, "zero3_offload"),  # 128 GB: only host memory helps on one GPU
     ("8b", 1, 141, "zero3_offload"), # an H200 neither
     ("8b", 8, 80, "zero1"),          # 4 + 12/8 bytes/param = 44 GB
@@ -41,18 +41,30 @@ def test_resolve_auto_with_skip_on_one_cpu_process_is_a_zero_optimizer(monkeypat
     assert zero_stage(resolve(cfg, 1, bf16=False, skip_nonfinite=True)) == 1
 
 
+def test_resolve_auto_with_skip_on_one_gpu_is_a_zero_optimizer(monkeypatch):
+    monkeypatch.setattr(ds_config, "gpu_memory_bytes", lambda: 80 * GIB)
+    cfg = Config()
+    cfg.model.preset, cfg.train.on_nonfinite = "llama-3.2-1b", "skip"
+    assert zero_stage(resolve(cfg, 1, bf16=True, skip_nonfinite=True)) == 1
+    cfg.train.on_nonfinite = "stop"
+    assert zero_stage(resolve(cfg, 1, bf16=True)) == 0
+
+
 def test_budget_boundary():
     """A stage is picked exactly when its states fit in STATE_BUDGET of the memory."""
     mem = 80 * GIB
-    params = int(ds_config.STATE_BUDGET * mem / 16)           # ZeRO-1 on one GPU: 16 bytes/param
-    assert choose(params, 1, mem)[0] == "ds_configs/zero1.json"
+    params = int(ds_config.STATE_BUDGET * mem / 16)           # ZeRO-0/1 on one GPU: 16 bytes/param
+    assert choose(params, 1, mem)[0] == "ds_configs/zero0.json"
+    assert choose(params, 1, mem, skip_nonfinite=True)[0] == "ds_configs/zero1.json"
     assert choose(params + 1000, 1, mem)[0] == "ds_configs/zero3_offload.json"
+    assert choose(params + 1000, 1, mem, skip_nonfinite=True)[0] == "ds_configs/zero3_offload.json"
 
 
 @pytest.mark.parametrize("preset,gpus,mem,stage,offload", [
     ("tiny", 1, None, 0, False),
     ("tiny", 2, None, 1, False),
-    ("llama-3.2-1b", 1, 80 * GIB, 1, False),
+    ("llama-3.2-1b", 1, 80 * GIB, 0, False),
+    ("llama-3.2-1b", 2, 80 * GIB, 1, False),
     ("llama-3.1-8b", 1, 80 * GIB, 3, True),
     ("llama-3.1-8b", 16, 24 * GIB, 3, False),
 ])
@@ -70,7 +82,7 @@ def test_explicit_file_is_used_as_given(monkeypatch):
     monkeypatch.setattr(ds_config, "gpu_memory_bytes", lambda: 80 * GIB)
     cfg = Config()
     cfg.train.ds_config = "ds_configs/zero3.json"
-    cfg.model.preset = "llama-3.2-1b"                # auto would say zero1
+    cfg.model.preset = "llama-3.2-1b"                # auto would say zero0
     assert zero_stage(resolve(cfg, 1, bf16=True)) == 3
     cfg.train.ds_config = "ds_configs/nothing.json"
     with pytest.raises(ValueError, match="nothing.json.*no such file"):
