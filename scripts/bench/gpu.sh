@@ -25,6 +25,7 @@ if [ -z "$kind" ] || { [ "$kind" = checks ] && [ $# -gt 0 ]; }; then
   exit 2
 fi
 OUT=${OUT:-/tmp/bench_out}
+BUDGET=${BUDGET:-570}  # seconds of this script, inside one device call's 600
 work=/tmp/bench/$kind
 mkdir -p "$OUT" "$work"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -39,8 +40,13 @@ logs() {  # the runs' logs and metrics in one small archive (no stores, no check
      -not -path '*/store/*' -not -path '*/hf/*' -not -path '*/checkpoints/*' -not -path '*/export/*' -print0 \
    | tar czf "$OUT/$kind-logs.tgz" --null -T -)
 }
-step() {  # name, timeout, command...: one step of checks, its output in $OUT/<name>.log
+step() {  # name, timeout, command...: one step of checks, its output in $OUT/<name>.log; the
+  # timeout is cut to what is left of BUDGET s (the call's 600 s less the logs), so that a slow
+  # step leaves the later ones less time instead of the call running past its limit
   local name=$1 t=$2 code; shift 2
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 20 ]; then echo "== $name: skipped, $left s left of $BUDGET"; rc=1; return; fi
+  [ "$t" -gt "$left" ] && t=$left
   local t0=$SECONDS
   timeout "$t" "$@" > "$OUT/$name.log" 2>&1
   code=$?
