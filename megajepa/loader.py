@@ -63,7 +63,7 @@ import numpy as np
 from data_tools.store import open_store
 from megajepa.layout import (PackedBatch, _check_read_at, balance_rows, example_cost, layout_cost, pack,
                              plan_rows, truncate_to_fit)
-from megajepa.metrics import attended_pairs
+from megajepa.metrics import attended_pairs, layer_mean_pairs
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class PackedLoader:
                  rank: int = 0, world_size: int = 1, jepa_ratio: float = 1.0, jepa_pairs: str = "next",
                  reverse: bool = False, lm_on_all: bool = False, overflow: str = "drop", window: int = 1024,
                  read_at: str = "end", micro_batch_examples: int = 0, fixed_rows: bool = False,
-                 balance_rows: bool = False):
+                 balance_rows: bool = False, attention_windows=None):
         if isinstance(store, str):
             store = open_store(store)
         if not 0 <= rank < world_size:
@@ -173,6 +173,10 @@ class PackedLoader:
         self.overflow, self.window = overflow, window
         self.read_at, self.examples_per_batch, self.fixed_rows = read_at, micro_batch_examples, fixed_rows
         self.balance_rows = balance_rows and not fixed_rows  # a compiled model needs one shape
+        # each layer's sliding window, for the FLOP count (None, or all None: full attention)
+        self.attention_windows = list(attention_windows or [])
+        if not any(w is not None for w in self.attention_windows):
+            self.attention_windows = None
         self.epoch, self.cursor = 0, 0
         self.seen = {"examples": 0, "tokens": 0}
         self._plan: EpochPlan | None = None
@@ -247,6 +251,12 @@ class PackedLoader:
         tail = [rest[r].tolist() for r in plan_rows(costs[rest], seq_len, window=self.window)]
         return batches, tail
 
+    def _attended_pairs(self, batch: PackedBatch):
+        """The (q, kv) pairs one layer attends, averaged over the layers' windows."""
+        if self.attention_windows is None:
+            return attended_pairs(batch.doc_ids, batch.roles)
+        return layer_mean_pairs(batch.doc_ids, batch.roles, batch.position_ids, self.attention_windows)
+
     @property
     def steps_per_epoch(self) -> int:
         """Micro-batches per rank in the current epoch (the same on every rank)."""
@@ -293,7 +303,7 @@ class PackedLoader:
         # The loop's counts, on the host where the batch is built (no device reads later).
         batch.stats.update(epoch=self.epoch, step_in_epoch=self.cursor, rank=self.rank,
                            label_tokens=batch.num_label_tokens, pairs=batch.num_pairs,
-                           attended_pairs=attended_pairs(batch.doc_ids, batch.roles))
+                           attended_pairs=self._attended_pairs(batch))
         g = self.cursor * self.world_size  # every rank consumes its micro-batch of this cursor
         self.seen["examples"] += int(plan.examples[g:g + self.world_size].sum())
         self.seen["tokens"] += int(plan.tokens[g:g + self.world_size].sum())

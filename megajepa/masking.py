@@ -127,6 +127,15 @@ def layer_windows(config) -> dict[str | None, int | None]:
     return {None: None} if set(windows.values()) == {None} else windows
 
 
+def window_per_layer(config) -> list[int | None]:
+    """Each decoder layer's sliding window (None: full attention), from :func:`layer_windows`."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    windows = layer_windows(config)
+    if None in windows:
+        return [windows[None]] * cfg.num_hidden_layers
+    return [windows[t] for t in cfg.layer_types]
+
+
 # ----------------------------------------------------------------------- the mask forms
 
 def dense_mask(doc_ids: torch.Tensor, roles: torch.Tensor, positions: torch.Tensor | None = None,

@@ -8,7 +8,8 @@ FLOPs of one step (forward + backward = 3x forward, matmuls at 2 FLOPs per MAC):
 
 ``attended_pairs`` counts exactly the pairs the attention rule allows, from the packed
 metadata in O(rows * seq_len) on the host (no S x S mask); the loader stores it in each
-batch's ``stats``. MFU = achieved FLOP/s / device peak.
+batch's ``stats``, averaged over the layers for a model with sliding-window layers (each
+layer's window applied: :func:`layer_mean_pairs`). MFU = achieved FLOP/s / device peak.
 
 ``metrics.jsonl`` is strict JSON: a non-finite value (a skipped step's NaN loss or infinite
 gradient norm) is written as ``null``; TensorBoard gets the value itself under the same tag.
@@ -41,13 +42,18 @@ def device_peak_tflops(override: float = 0.0) -> float:
     return 0.0
 
 
-def attended_pairs(doc_ids, roles) -> int:
+def attended_pairs(doc_ids, roles, positions=None, window: int | None = None) -> int:
     """Number of (q, kv) pairs the attention rule allows, excluding padding.
 
     For a query q: (TEXT tokens at or before q in its document) + (tokens of q's own role at or
     before q, when that role is not TEXT): running counts per document and role, vectorized
     with numpy over the whole ``[rows, seq_len]`` batch (host arrays; tensors are copied to
     the host). The loader calls it where it builds each batch, so the loop never walks rows.
+
+    With a sliding ``window`` (over ``positions``, megajepa.masking), the keys of those
+    counts whose position is ``window`` or more before q's are taken off: per role, a sorted
+    array of (document, position) keys answers each query with one binary search. Positions
+    never decrease along one role of one document, so those keys all precede q.
     """
     d = _host(doc_ids).astype(np.int64)
     ro = _host(roles).reshape(-1)
@@ -60,13 +66,37 @@ def attended_pairs(doc_ids, roles) -> int:
     new[1:] = key[1:] != key[:-1]
     starts = np.flatnonzero(new)
     seg = np.cumsum(new) - 1
+    pos = _host(positions).reshape(-1).astype(np.int64) if window is not None else None
     total = 0
     for role in (TEXT, ANSWER, PRED):
-        is_r = (ro == role).astype(np.int64)
-        cum = np.cumsum(is_r)
+        is_r = ro == role
+        cum = np.cumsum(is_r.astype(np.int64))
         within = cum - (cum - is_r)[starts][seg]  # running count inside the document
-        total += int(within[real].sum() if role == TEXT else within[real & (ro == role)].sum())
+        queries = real if role == TEXT else real & is_r
+        total += int(within[queries].sum())
+        if window is not None:
+            total -= _outside_window(key, pos, is_r & real, queries, window)
     return total
+
+
+def _outside_window(key, pos, keys, queries, window: int) -> int:
+    """Sum over ``queries`` of the ``keys`` in the query's document whose position is at
+    least ``window`` below the query's."""
+    span = int(pos.max()) + 1
+    ks = np.sort(key[keys] * span + pos[keys])
+    q = np.flatnonzero(queries)
+    cut = pos[q] - window  # keys at or below this position are outside the window
+    q, cut = q[cut >= 0], cut[cut >= 0]
+    lo = np.searchsorted(ks, key[q] * span, side="left")
+    hi = np.searchsorted(ks, key[q] * span + cut, side="right")
+    return int((hi - lo).sum())
+
+
+def layer_mean_pairs(doc_ids, roles, positions, windows) -> float:
+    """:func:`attended_pairs` averaged over the layers of a model whose layer ``l`` has the
+    sliding window ``windows[l]`` (None: full attention; megajepa.masking.window_per_layer)."""
+    counts = {w: windows.count(w) for w in set(windows)}
+    return sum(n * attended_pairs(doc_ids, roles, positions, w) for w, n in counts.items()) / len(windows)
 
 
 def _host(x) -> np.ndarray:

@@ -59,6 +59,7 @@ from megajepa.ds_config import offloads_optimizer, resolve as resolve_ds, zero_s
 from megajepa.heldout import held_out_metrics
 from megajepa.layout import to_device
 from megajepa.loader import PackedLoader, budget_steps
+from megajepa.masking import window_per_layer
 from megajepa.model import (apply_lora, build_model, lora_token_ids, optimize, register_lora_zero3,
                             resize_for_tokenizer)
 from megajepa.metrics import FlopCounter, MetricsLogger, device_peak_tflops, peak_memory_gb
@@ -319,7 +320,8 @@ def make_loader(cfg, data, rank: int, world: int, fixed_rows: bool = False):
         jepa_ratio=cfg.jepa.jepa_ratio if cfg.jepa.lbd and cfg.jepa.objective == "views" else 0.0,
         jepa_pairs=cfg.jepa.jepa_pairs, reverse=cfg.jepa.reverse, lm_on_all=d.lm_on_all,
         overflow=d.overflow, window=d.window, read_at=cfg.jepa.read_at,
-        micro_batch_examples=d.micro_batch_examples, fixed_rows=fixed_rows, balance_rows=d.balance_rows)
+        micro_batch_examples=d.micro_batch_examples, fixed_rows=fixed_rows, balance_rows=d.balance_rows,
+        attention_windows=window_per_layer(pretrained.config_of(data.model_dir)) if data.model_dir else None)
     if loader.steps_per_epoch < 1:
         per, knob = ((f"{d.micro_batch_examples} examples", "data.micro_batch_examples")
                      if d.micro_batch_examples else (f"{d.micro_batch_rows} rows", "data.micro_batch_rows"))

@@ -197,6 +197,11 @@ def test_layer_windows_are_read_from_the_config():
                                                                           "sliding_attention": 4}
     assert masking.layer_windows(t.Gemma2Config(**TINY, head_dim=16, sliding_window=4)) == \
         {"sliding_attention": 4, "full_attention": None}
+    assert masking.window_per_layer(t.MistralConfig(**TINY, sliding_window=4)) == [4, 4]
+    assert masking.window_per_layer(t.LlamaConfig(**TINY)) == [None, None]
+    assert masking.window_per_layer(t.Qwen2Config(**TINY, use_sliding_window=True, sliding_window=4,
+                                                  max_window_layers=1)) == [None, 4]
+    assert masking.window_per_layer(t.Gemma2Config(**TINY, head_dim=16, sliding_window=4)) == [4, None]
     for cfg, why in ((t.Gemma3TextConfig(**TINY, head_dim=16, use_bidirectional_attention=True),
                       "use_bidirectional_attention"),
                      (t.Llama4TextConfig(**TINY, attention_chunk_size=8), "attention_chunk_size=8"),

@@ -172,3 +172,18 @@ def test_lm_on_all_reaches_the_packed_labels(tmp_path):
     b_on, b_off = next(on), next(off)
     texts = [st.example(i).views[0] for r in rows for i in r]
     assert b_on.num_label_tokens == b_off.num_label_tokens + sum(len(t) - 1 for t in texts)
+
+
+def test_a_sliding_window_model_logs_the_layer_mean_of_attended_pairs(tmp_path):
+    """The FLOP count's attended pairs: the rule's for full attention (windows None or all
+    None), the mean over the layers' windows for a sliding-window model."""
+    from megajepa.metrics import attended_pairs, layer_mean_pairs
+
+    st = make_store(tmp_path / "s", "pair", 40, max_len=30)
+    plain, full = loader(st, seq_len=128), loader(st, seq_len=128, attention_windows=[None, None])
+    windowed = loader(st, seq_len=128, attention_windows=[None, 4])
+    for _ in range(3):
+        a, b, c = next(plain), next(full), next(windowed)
+        assert a.stats["attended_pairs"] == b.stats["attended_pairs"] == attended_pairs(a.doc_ids, a.roles)
+        assert c.stats["attended_pairs"] == layer_mean_pairs(c.doc_ids, c.roles, c.position_ids, [None, 4])
+        assert c.stats["attended_pairs"] < a.stats["attended_pairs"]

@@ -385,6 +385,32 @@ def test_attended_pairs_counts_the_mask():
         assert attended_pairs(b.doc_ids, b.roles) == attended_pairs(b.doc_ids.numpy(), b.roles) == want
 
 
+def test_attended_pairs_under_a_sliding_window_counts_the_windowed_mask():
+    """With a window over positions (the layout's every form: pair, group, lm, predictors,
+    read_at last, reverse), the count equals the windowed dense mask's; the layer mean weighs
+    each window by its layers."""
+    from conftest import PRED_IDS, random_examples
+    from megajepa.layout import PAD_DOC, pack
+    from megajepa.masking import dense_mask
+    from megajepa.metrics import attended_pairs, layer_mean_pairs
+
+    def mask_count(b, w):
+        rows, s = b.shape
+        m = dense_mask(b.doc_ids, b.roles, b.position_ids, w).reshape(rows, s, s)
+        return int((m & (b.doc_ids != PAD_DOC)[:, :, None]).sum())
+
+    for seed, kw in ((0, {}), (1, dict(read_at="last")), (2, dict(reverse=True)),
+                     (3, dict(read_at="last", reverse=True, min_rows=6))):
+        b = pack(random_examples(30, seed=seed, max_len=40), 128, k=3, pred_ids=PRED_IDS, pad_id=0, **kw)
+        full = attended_pairs(b.doc_ids, b.roles)
+        for w in (1, 3, 8, 1000):
+            got = attended_pairs(b.doc_ids, b.roles, b.position_ids, w)
+            assert got == mask_count(b, w)
+            assert (got < full) if w < 40 else (got == full)
+        mean = layer_mean_pairs(b.doc_ids, b.roles, b.position_ids, [None, 8, 8, None, 3])
+        assert mean == pytest.approx((2 * full + 2 * mask_count(b, 8) + mask_count(b, 3)) / 5)
+
+
 def _tally_run(device, world=1, rank=0, grad_accum=2, on_nonfinite="stop"):
     from types import SimpleNamespace
 
