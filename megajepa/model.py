@@ -229,7 +229,8 @@ def apply_lora(model, cfg_model, token_ids, *, seed: int = 0):
     one, so the loss head, the masks and the held-out code read a Hugging Face model. Only the
     adapters and the rows ``token_ids`` of the input embedding (peft's trainable tokens; a
     tied LM head follows them) train. The adapters are created whole and seeded (``seed``),
-    the same on every rank; under ZeRO-3 the engine partitions them like any parameter made
+    the same on every rank (an untied LM head trains the same rows: :func:`_token_rows`); under
+    ZeRO-3 the engine partitions them like any parameter made
     outside ``zero.Init`` (made inside, peft's zeroing of ``lora_B`` would write into empty
     partitions), and the embedding and head are gathered while peft copies the token rows."""
     try:  # optional: pip install -e '.[lora]'
@@ -241,7 +242,7 @@ def apply_lora(model, cfg_model, token_ids, *, seed: int = 0):
     config = LoraConfig(r=rank, lora_alpha=cfg_model.lora_alpha or 2 * rank,
                         lora_dropout=cfg_model.lora_dropout, bias="none",
                         target_modules=lora_targets(cfg_model),
-                        trainable_token_indices=list(token_ids) or None)
+                        trainable_token_indices=_token_rows(model, list(token_ids)))
     heads = [model.get_input_embeddings().weight]
     if model.get_output_embeddings() is not None:
         heads.append(model.get_output_embeddings().weight)
@@ -264,6 +265,23 @@ def apply_lora(model, cfg_model, token_ids, *, seed: int = 0):
     log.info("LoRA rank %d alpha %g on %s, %d trainable token rows: %d trainable parameters",
              rank, config.lora_alpha, cfg_model.lora_targets, len(token_ids), trainable)
     return peft_model
+
+
+def _token_rows(model, token_ids: list[int]):
+    """peft's ``trainable_token_indices``: the input embedding's rows, which a tied LM head
+    follows; an untied head gets the same rows of its own (else the added tokens' output rows
+    would stay as initialized), except a head with a bias, which peft's token layer drops."""
+    if not token_ids:
+        return None
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is emb.weight:
+        return token_ids
+    if getattr(head, "bias", None) is not None:
+        log.warning("LoRA: the LM head has a bias, so its rows of the %d added tokens stay as "
+                    "initialized (peft's trainable tokens would drop the bias)", len(token_ids))
+        return token_ids
+    names = {id(m): n for n, m in model.named_modules()}
+    return {names[id(emb)]: token_ids, names[id(head)]: token_ids}
 
 
 def register_lora_zero3(owner, lm) -> None:

@@ -58,6 +58,8 @@ def test_lora_trains_adapters_and_token_rows_and_merges_to_the_same_logits(tie):
     assert trainable and all(".lora_A." in n or ".lora_B." in n or "trainable_tokens_delta" in n
                              for n in trainable)
     assert any("embed_tokens" in n and "trainable_tokens_delta" in n for n in trainable)
+    head_rows = [n for n in trainable if "lm_head" in n]  # untied: the head's added rows train too
+    assert head_rows == ([] if tie else ["lm_head.token_adapter.trainable_tokens_delta.default"])
     with torch.no_grad():  # step 0: LoRA changes nothing yet (the same loss as full fine-tuning)
         torch.testing.assert_close(lm(ids).logits, before_logits, atol=1e-6, rtol=0)
         at_init = forward(lm, batch)
@@ -69,6 +71,9 @@ def test_lora_trains_adapters_and_token_rows_and_merges_to_the_same_logits(tie):
     assert set(grads) == trainable
     delta = lm.get_input_embeddings().token_adapter.trainable_tokens_delta["default"]
     assert delta.grad[:2].abs().sum() > 0  # <pred_1>, <pred_2>: the JEPA read-outs need them
+    if not tie:  # their logit rows: every labelled position's softmax reaches them
+        head_delta = lm.get_output_embeddings().token_adapter.trainable_tokens_delta["default"]
+        assert head_delta.grad.abs().sum() > 0
     assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)  # A's is 0 while B = 0
 
     _perturb(lm)
