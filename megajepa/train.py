@@ -214,7 +214,9 @@ def setup(cfg: config_mod.Config) -> Run:
     try:
         data = data_mod.prepare(cfg, run_dir, rank=rank)
         data_mod.check_compatible(cfg, data)
-        loader = make_loader(cfg, data, rank, world, fixed_rows=attention(cfg, device) == "flex_attention")
+        windows = window_per_layer(pretrained.config_of(data.model_dir)) if data.model_dir else None
+        loader = make_loader(cfg, data, rank, world, fixed_rows=attention(cfg, device) == "flex_attention",
+                             attention_windows=windows)
         total = budget_steps(loader, steps=cfg.train.steps, epochs=cfg.train.epochs,
                              grad_accum=cfg.optim.grad_accum)
     except BaseException:
@@ -308,10 +310,11 @@ def _set_aside_old_checkpoints(cfg, load_root: str, ckpt_root: str) -> None:
                     "(use --resume auto to continue a run instead)", os.path.dirname(ckpt_root), aside)
 
 
-def make_loader(cfg, data, rank: int, world: int, fixed_rows: bool = False):
+def make_loader(cfg, data, rank: int, world: int, fixed_rows: bool = False, attention_windows=None):
     """The training loader: rows of ``data.micro_batch_rows``, or ``data.micro_batch_examples``
     whole examples per micro-batch (``fixed_rows``: padded to the epoch's most rows, one
-    shape for a compiled FlexAttention model)."""
+    shape for a compiled FlexAttention model; ``attention_windows``: each layer's sliding
+    window, for the FLOP count)."""
     d = cfg.data
     loader = PackedLoader(
         data.train_store, seq_len=d.seq_len, micro_batch_rows=d.micro_batch_rows,
@@ -321,7 +324,7 @@ def make_loader(cfg, data, rank: int, world: int, fixed_rows: bool = False):
         jepa_pairs=cfg.jepa.jepa_pairs, reverse=cfg.jepa.reverse, lm_on_all=d.lm_on_all,
         overflow=d.overflow, window=d.window, read_at=cfg.jepa.read_at,
         micro_batch_examples=d.micro_batch_examples, fixed_rows=fixed_rows, balance_rows=d.balance_rows,
-        attention_windows=window_per_layer(pretrained.config_of(data.model_dir)) if data.model_dir else None)
+        attention_windows=attention_windows)
     if loader.steps_per_epoch < 1:
         per, knob = ((f"{d.micro_batch_examples} examples", "data.micro_batch_examples")
                      if d.micro_batch_examples else (f"{d.micro_batch_rows} rows", "data.micro_batch_rows"))
