@@ -55,28 +55,35 @@ def attended_pairs(doc_ids, roles, positions=None, window: int | None = None) ->
     array of (document, position) keys answers each query with one binary search. Positions
     never decrease along one role of one document, so those keys all precede q.
     """
+    return _pair_counts(doc_ids, roles, positions, [window])[window]
+
+
+def _pair_counts(doc_ids, roles, positions, windows) -> dict:
+    """``{window: attended pairs}`` for each of ``windows`` (None: the rule alone), sharing
+    the per-role running counts: each window only takes off its own outside keys."""
     d = _host(doc_ids).astype(np.int64)
     ro = _host(roles).reshape(-1)
     rows = d.shape[0]
     real = (d != PAD_DOC).reshape(-1)
     if not real.any():
-        return 0
+        return dict.fromkeys(windows, 0)
     key = (d + 1 + np.arange(rows)[:, None] * (int(d.max()) + 2)).reshape(-1)  # unique per row
     new = np.ones(key.shape, dtype=bool)
     new[1:] = key[1:] != key[:-1]
     starts = np.flatnonzero(new)
     seg = np.cumsum(new) - 1
-    pos = _host(positions).reshape(-1).astype(np.int64) if window is not None else None
-    total = 0
+    sliding = [w for w in windows if w is not None]
+    pos = _host(positions).reshape(-1).astype(np.int64) if sliding else None
+    full, outside = 0, dict.fromkeys(sliding, 0)
     for role in (TEXT, ANSWER, PRED):
         is_r = ro == role
         cum = np.cumsum(is_r.astype(np.int64))
         within = cum - (cum - is_r)[starts][seg]  # running count inside the document
         queries = real if role == TEXT else real & is_r
-        total += int(within[queries].sum())
-        if window is not None:
-            total -= _outside_window(key, pos, is_r & real, queries, window)
-    return total
+        full += int(within[queries].sum())
+        for w in sliding:
+            outside[w] += _outside_window(key, pos, is_r & real, queries, w)
+    return {w: full - outside.get(w, 0) for w in windows}
 
 
 def _outside_window(key, pos, keys, queries, window: int) -> int:
@@ -95,8 +102,8 @@ def _outside_window(key, pos, keys, queries, window: int) -> int:
 def layer_mean_pairs(doc_ids, roles, positions, windows) -> float:
     """:func:`attended_pairs` averaged over the layers of a model whose layer ``l`` has the
     sliding window ``windows[l]`` (None: full attention; megajepa.masking.window_per_layer)."""
-    counts = {w: windows.count(w) for w in set(windows)}
-    return sum(n * attended_pairs(doc_ids, roles, positions, w) for w, n in counts.items()) / len(windows)
+    pairs = _pair_counts(doc_ids, roles, positions, list(set(windows)))
+    return sum(pairs[w] for w in windows) / len(windows)
 
 
 def _host(x) -> np.ndarray:
